@@ -1,0 +1,5 @@
+import sys
+
+from obbslim.cli import main
+
+sys.exit(main())

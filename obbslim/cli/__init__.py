@@ -1,0 +1,53 @@
+"""The `obbslim` command line.
+
+Each subcommand lives in its own module in this package and defines ``add_parser(subparsers)``,
+which registers an argparse parser whose ``func`` default is a thin wrapper over a library function.
+Modules are discovered, so a new command is one new file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from obbslim import __version__
+from obbslim.errors import ObbslimError
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one clear line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="obbslim", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"obbslim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        result = args.func(args)
+    except (CLIError, ObbslimError, FileNotFoundError) as e:
+        print(f"obbslim {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
