@@ -1,5 +1,8 @@
+"""`python -m obbslim ...`, also the entry point for `torchrun -m obbslim train ...`."""
+
 import sys
 
 from obbslim.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

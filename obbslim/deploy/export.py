@@ -1,0 +1,255 @@
+"""Export an OBB model to ONNX with the decode inside the graph (NMS stays outside, in our own ops).
+
+Graph contract (format ``obbslim-onnx 1``):
+
+- input ``images``: float32 (float16 with ``half``) ``[B, 3, H, W]``, RGB, values in 0..1, letterboxed.
+  B is always dynamic; H and W are fixed to ``imgsz`` unless ``dynamic`` (then multiples of 32).
+- output ``output``: ``[B, N, 6 + nc]``, N = sum over levels of 3 * H/s * W/s. Columns:
+  ``0:5`` rbox (cx, cy, long, short, theta) in input pixels and radians (theta = the argmax CSL bin's
+  angle, ``-pi/2 + bin * pi / 180``; w/h not yet normalised), ``5`` objectness probability,
+  ``6:6 + nc`` class probabilities. These are the first ``6 + nc`` columns of the PyTorch model's
+  eval output; the 180 theta probabilities are left out (only ``theta_refine`` needs them).
+- ``metadata_props``: ``format``, ``names`` (JSON list), ``nc``, ``stride`` (JSON list), ``imgsz``
+  (JSON [h, w]), ``dynamic``, ``half``, ``int8``, ``arch`` (JSON summary), ``output``, ``version``.
+Conv and BatchNorm are fused before export.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from obbslim.errors import ObbslimError
+
+FORMAT = "obbslim-onnx 1"
+OUTPUT_DOC = "output [B, N, 6 + nc]: cx, cy, w, h, theta (rad), obj, class probs (input pixels)"
+
+
+class ExportModel(nn.Module):
+    """The fused model plus the decode of Detect without the theta probabilities.
+
+    Same formulas as ``Detect.decode`` (the parity test holds them equal), minus the sigmoid of the
+    180 theta bins, which would cost more than the rest of the decode for a column nobody reads.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ys: list[Any] = []
+        for m in self.model.model[:-1]:  # OBBModel.forward's routing, up to the head
+            if m.f != -1:
+                x = ys[m.f] if isinstance(m.f, int) else [x if j == -1 else ys[j] for j in m.f]
+            x = m(x)
+            ys.append(x if m.i in self.model.save else None)
+        det = self.model.detect
+        nc, na, out = det.nc, det.na, []
+        for i, j in enumerate(det.f):
+            p = det.m[i](x if j == -1 else ys[j])
+            bs, _, ny, nx = p.shape
+            p = p.view(bs, na, det.no, ny, nx).permute(0, 1, 3, 4, 2)
+            yv, xv = torch.meshgrid(
+                torch.arange(ny, dtype=p.dtype, device=p.device),
+                torch.arange(nx, dtype=p.dtype, device=p.device),
+                indexing="ij",
+            )
+            grid = (torch.stack((xv, yv), 2) - 0.5).view(1, 1, ny, nx, 2)
+            xy = (p[..., 0:2].sigmoid() * 2 + grid) * det.stride[i].to(p.dtype)
+            wh = (p[..., 2:4].sigmoid() * 2) ** 2 * det.anchors[i].to(p.dtype).view(1, na, 1, 1, 2)
+            if det.nbins:
+                k = p[..., 5 + nc :].argmax(-1, keepdim=True).to(p.dtype)
+                theta = k * (math.pi / det.nbins) - math.pi / 2
+            else:
+                theta = torch.zeros_like(p[..., :1])
+            y = torch.cat((xy, wh, theta, p[..., 4 : 5 + nc].sigmoid()), -1)
+            out.append(y.reshape(bs, -1, 6 + nc))
+        return torch.cat(out, 1)
+
+
+def _as_model(weights: Any) -> tuple[nn.Module, Path | None]:
+    from obbslim.model import OBBModel, load
+
+    if isinstance(weights, OBBModel):
+        model = copy.deepcopy(weights).cpu().float().eval()
+        return model, None
+    path = Path(weights)
+    if not path.is_file():
+        raise ObbslimError(f"{path}: weights not found")
+    return load(path, device="cpu"), path
+
+
+def arch_summary(model: nn.Module) -> dict:
+    """What the metadata records about the architecture (enough to tell models apart)."""
+    arch = model.get_arch()
+    return {
+        "name": arch["name"],
+        "nc": arch["nc"],
+        "nbins": arch["nbins"],
+        "strides": arch["strides"],
+        "anchors": arch["anchors"],
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "widths": [r.get("c2", r.get("cv3", r.get("cv2"))) for r in arch["layers"] if r["type"] != "Detect"],
+    }
+
+
+def set_metadata(onnx_model: Any, meta: dict[str, Any]) -> None:
+    """Replace metadata_props entries by `meta` (values JSON-encoded unless already str)."""
+    keep = [p for p in onnx_model.metadata_props if p.key not in meta]
+    del onnx_model.metadata_props[:]
+    onnx_model.metadata_props.extend(keep)
+    for k, v in meta.items():
+        p = onnx_model.metadata_props.add()
+        p.key, p.value = k, v if isinstance(v, str) else json.dumps(v)
+
+
+def read_metadata(onnx_model_or_path: Any) -> dict[str, Any]:
+    """metadata_props as a dict with JSON values decoded (plain strings stay strings)."""
+    import onnx
+
+    m = onnx_model_or_path
+    if not hasattr(m, "metadata_props"):
+        m = onnx.load(str(m), load_external_data=False)
+    out = {}
+    for p in m.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except ValueError:
+            out[p.key] = p.value
+    return out
+
+
+def _simplify(model_bytes: bytes) -> tuple[bytes, str]:
+    """onnxsim when installed; else ONNX Runtime's basic (provider-independent, standard-op) passes."""
+    import onnx
+
+    try:
+        import onnxsim  # type: ignore[import-not-found]
+    except ImportError:
+        onnxsim = None
+    if onnxsim is not None:
+        m, ok = onnxsim.simplify(onnx.load_from_string(model_bytes))
+        if ok:
+            return m.SerializeToString(), "onnxsim"
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        data = Path(so.optimized_model_filepath).read_bytes()
+    return data, "onnxsim not installed: used ONNX Runtime basic graph optimisations instead"
+
+
+def export_onnx(
+    weights: Any,
+    imgsz: int | tuple[int, int] = 1024,
+    dynamic: bool = False,
+    half: bool = False,
+    simplify: bool = False,
+    opset: int = 17,
+    out: str | Path | None = None,
+    verbose: bool = True,
+) -> Path:
+    """Export a checkpoint (or an OBBModel) to ONNX; returns the written path.
+
+    `out` defaults to the checkpoint path with suffix .onnx. `half` exports an fp16 graph, meant for
+    CUDA (ONNX Runtime's CPU provider lacks fp16 kernels for most ops); it needs CUDA in PyTorch too.
+    """
+    import onnx
+
+    from obbslim.utils.io import atomic_write_bytes
+
+    if opset < 17:
+        raise ObbslimError(f"opset {opset} is too old: use 17 or later")
+    model, path = _as_model(weights)
+    if out is None:
+        if path is None:
+            raise ObbslimError("export_onnx: give `out` when exporting a model object")
+        out = path.with_suffix(".onnx")
+    out = Path(out)
+    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
+    smax = int(model.stride.max())
+    if h % smax or w % smax:
+        raise ObbslimError(f"imgsz {h}x{w} must be a multiple of the max stride {smax}")
+    device = torch.device("cpu")
+    if half:
+        if not torch.cuda.is_available():
+            raise ObbslimError("--half export needs CUDA (fp16 is for GPU deployment); export fp32 on CPU")
+        device = torch.device("cuda")
+    model.fuse()
+    net = ExportModel(model).to(device)
+    if half:
+        net = net.half()
+    x = torch.zeros(1, model.in_ch, h, w, device=device, dtype=torch.float16 if half else torch.float32)
+    axes = {"images": {0: "batch"}, "output": {0: "batch"}}
+    if dynamic:
+        axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 1: "anchors"}}
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings and the TorchScript-exporter deprecation note
+        torch.onnx.export(
+            net, (x,), buf, opset_version=int(opset), input_names=["images"], output_names=["output"],
+            dynamic_axes=axes, do_constant_folding=True, dynamo=False,
+        )  # fmt: skip
+    data = buf.getvalue()
+    note = ""
+    if simplify:
+        data, note = _simplify(data)
+    m = onnx.load_from_string(data)
+    onnx.checker.check_model(m)
+    m.producer_name = "obbslim"
+    from obbslim import __version__
+
+    set_metadata(m, {
+        "format": FORMAT,
+        "version": __version__,
+        "names": list(model.names),
+        "nc": int(model.nc),
+        "stride": [int(s) for s in model.stride.tolist()],
+        "imgsz": [h, w],
+        "dynamic": bool(dynamic),
+        "half": bool(half),
+        "int8": False,
+        "arch": arch_summary(model),
+        "output": OUTPUT_DOC,
+    })  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, m.SerializeToString())
+    if verbose:
+        extra = f" ({note})" if note else ""
+        print(f"ONNX export: {out} ({out.stat().st_size / 1e6:.1f} MB, opset {opset}, {h}x{w}"
+              f"{', dynamic' if dynamic else ''}{', fp16' if half else ''}){extra}")  # fmt: skip
+    return out
+
+
+def export_cli(
+    weights: Any,
+    int8: bool = False,
+    data: Any = None,
+    calib: int = 32,
+    **kwargs: Any,
+) -> list[Path]:
+    """`obbslim export`: export_onnx, then quantize_int8 of the fp32 export when `int8`."""
+    if int8 and data is None:
+        raise ObbslimError("--int8 needs --data (a dataset YAML whose train images calibrate the ranges)")
+    if int8 and (kwargs.get("half") or kwargs.get("dynamic")):
+        raise ObbslimError("--int8 needs a fixed-size fp32 export: drop --half / --dynamic")
+    path = export_onnx(weights, **kwargs)
+    paths = [path]
+    if int8:
+        from obbslim.deploy.quantize import quantize_int8
+
+        paths.append(quantize_int8(path, data, calib=calib))
+    return paths

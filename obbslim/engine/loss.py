@@ -1,0 +1,325 @@
+"""The training loss of the OBB detector: YOLOv5 target assignment plus a circular-smooth-label angle.
+
+``OBBLoss(model, hyp)(raw_preds, targets) -> (loss, items)`` follows yolov5_obb (hukaixuan19970627):
+
+- targets ``[n, 7] = [img_idx, cls, cx, cy, w, h, theta]`` in pixels of the network input, ``w >= h``;
+- :meth:`OBBLoss.build_targets` assigns each target to every anchor whose (long, short) ratio is
+  within ``anchor_t`` (``max(r, 1/r) < 4``) and to its own grid cell plus the two nearest neighbour
+  cells (offset 0.5), exactly as YOLOv5 does with horizontal (w, h); it is a separate method so the
+  distillation code can reuse the assignment;
+- box: ``1 - CIoU`` of (cx, cy, long, short) treated as axis-aligned boxes (the paper's default) or a
+  rotation-aware ``1 - ProbIoU`` / KLD loss on the rotated box (``hyp['box_loss']``) whose predicted
+  angle enters through the expected rotation of the softmax over the bins (:func:`soft_rotation`);
+- objectness: BCE against the detached, clamped IoU at the assigned cells (``gr = 1``), per-level
+  balance ``[4.0, 1.0, 0.4]``;
+- class: BCE with optional label smoothing (only when ``nc > 1``, as YOLOv5);
+- theta: BCE over the 180 bins against ``ops.csl_encode(theta, 180, radius, window)``.
+
+The total is ``(lbox + lobj + lcls + ltheta) * batch_size`` like YOLOv5, whose gains are scaled by
+:func:`scale_gains`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from obbslim import ops
+
+BOX_LOSSES = ("ciou", "probiou", "kld")
+
+DEFAULT_HYP: dict[str, Any] = {
+    "box": 0.05,
+    "obj": 1.0,
+    "cls": 0.5,
+    "theta": 0.5,
+    "cls_pw": 1.0,
+    "obj_pw": 1.0,
+    "theta_pw": 1.0,
+    "anchor_t": 4.0,
+    "label_smoothing": 0.0,
+    "csl_radius": 2.0,
+    "csl_window": "gaussian",
+    "box_loss": "ciou",
+}
+
+BALANCE = [4.0, 1.0, 0.4]  # objectness weight per level P3, P4, P5 (YOLOv5, 3 levels)
+
+
+def scale_gains(hyp: dict, nl: int = 3, nc: int = 80, imgsz: int = 640) -> dict:
+    """Return a copy of ``hyp`` with the loss gains scaled the way YOLOv5's train.py scales them.
+
+    The gains in hyp files are tuned for 3 levels, 80 classes and 640 px; the training engine calls
+    this once so that other level counts, class counts and image sizes keep the same balance:
+    ``box *= 3/nl``, ``cls *= nc/80 * 3/nl``, ``obj *= (imgsz/640)**2 * 3/nl``, ``theta *= 3/nl``.
+    """
+    out = dict(hyp)
+    k = 3.0 / nl
+    out["box"] = hyp.get("box", DEFAULT_HYP["box"]) * k
+    out["cls"] = hyp.get("cls", DEFAULT_HYP["cls"]) * nc / 80.0 * k
+    out["obj"] = hyp.get("obj", DEFAULT_HYP["obj"]) * (imgsz / 640.0) ** 2 * k
+    out["theta"] = hyp.get("theta", DEFAULT_HYP["theta"]) * k
+    return out
+
+
+def smooth_bce(eps: float = 0.0) -> tuple[float, float]:
+    """Positive and negative BCE targets with label smoothing (YOLOv5 ``smooth_BCE``)."""
+    return 1.0 - 0.5 * eps, 0.5 * eps
+
+
+def bbox_ciou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Complete IoU of axis-aligned boxes given as (cx, cy, w, h), elementwise over ``[..., 4]``.
+
+    CIoU = IoU - rho^2 / c^2 - alpha * v (Zheng et al. 2020), with rho the centre distance, c the
+    diagonal of the smallest enclosing box and v the aspect-ratio term (alpha has no gradient).
+    """
+    (x1, y1, w1, h1), (x2, y2, w2, h2) = box1.unbind(-1), box2.unbind(-1)
+    b1x1, b1x2, b1y1, b1y2 = x1 - w1 / 2, x1 + w1 / 2, y1 - h1 / 2, y1 + h1 / 2
+    b2x1, b2x2, b2y1, b2y2 = x2 - w2 / 2, x2 + w2 / 2, y2 - h2 / 2, y2 + h2 / 2
+    inter = (torch.min(b1x2, b2x2) - torch.max(b1x1, b2x1)).clamp(0) * (
+        torch.min(b1y2, b2y2) - torch.max(b1y1, b2y1)
+    ).clamp(0)
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    cw = torch.max(b1x2, b2x2) - torch.min(b1x1, b2x1)
+    ch = torch.max(b1y2, b2y2) - torch.min(b1y1, b2y1)
+    c2 = cw**2 + ch**2 + eps
+    rho2 = (x2 - x1) ** 2 + (y2 - y1) ** 2
+    v = (4 / math.pi**2) * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
+    with torch.no_grad():
+        alpha = v / (v - iou + (1 + eps))
+    return iou - (rho2 / c2 + v * alpha)
+
+
+def _gaussian(rboxes: torch.Tensor, rot2: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Mean and covariance entries (a, b, c) = (Sxx, Syy, Sxy) of the uniform-density Gaussian of an rbox.
+
+    A w x h rectangle has variances w^2/12 and h^2/12 along its axes; rotated by theta,
+    ``S = R diag(w^2/12, h^2/12) R^T = m I + d [[cos 2t, sin 2t], [sin 2t, -cos 2t]]`` with
+    ``m = (w^2 + h^2) / 24`` and ``d = (w^2 - h^2) / 24``; theta is measured from +x towards +y.
+    ``rot2 = (cos 2t, sin 2t)`` may be given instead of the theta column (see :func:`soft_rotation`).
+    """
+    x, y, w, h = rboxes[..., 0], rboxes[..., 1], rboxes[..., 2], rboxes[..., 3]
+    if rot2 is None:
+        t2 = 2 * rboxes[..., 4]
+        rot2 = (torch.cos(t2), torch.sin(t2))
+    m, d = (w.pow(2) + h.pow(2)) / 24, (w.pow(2) - h.pow(2)) / 24
+    return x, y, m + d * rot2[0], m - d * rot2[0], d * rot2[1]
+
+
+def _probiou(g1: tuple, g2: tuple, eps: float = 1e-12) -> torch.Tensor:
+    x1, y1, a1, b1, c1 = g1
+    x2, y2, a2, b2, c2 = g2
+    a, b, c = (a1 + a2) / 2, (b1 + b2) / 2, (c1 + c2) / 2
+    det = (a * b - c.pow(2)).clamp(min=eps)
+    dx, dy = x1 - x2, y1 - y2
+    t1 = (b * dx.pow(2) + a * dy.pow(2) - 2 * c * dx * dy) / det / 8
+    det1 = (a1 * b1 - c1.pow(2)).clamp(min=eps)
+    det2 = (a2 * b2 - c2.pow(2)).clamp(min=eps)
+    t2 = 0.5 * (det.log() - 0.5 * (det1.log() + det2.log()))
+    bd = (t1 + t2).clamp(min=0.0, max=100.0)
+    # expm1 keeps 1 - exp(-bd) exact for tiny bd; the eps only keeps sqrt's gradient finite at 0
+    hd = (-torch.expm1(-bd) + eps).sqrt()
+    return (1.0 - hd).clamp(min=0.0)
+
+
+def probiou(rb1: torch.Tensor, rb2: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """ProbIoU (Llerena et al. 2021) of rotated boxes ``[..., 5]``, elementwise: ``1 - Hellinger distance``.
+
+    The Bhattacharyya distance between the two boxes' Gaussians,
+    ``B = 1/8 d^T S^-1 d + 1/2 ln(det S / sqrt(det S1 det S2))`` with ``S = (S1 + S2) / 2``, gives
+    ``1 - sqrt(1 - exp(-B))``: 1 for identical boxes, towards 0 with distance; symmetric, scale and
+    rotation invariant, and differentiable in every parameter including theta.
+    """
+    return _probiou(_gaussian(rb1), _gaussian(rb2), eps)
+
+
+def _kld(gp: tuple, gt: tuple, tau: float = 1.0, eps: float = 1e-7) -> tuple[torch.Tensor, torch.Tensor]:
+    xp, yp, ap, bp, cp = gp
+    xt, yt, at, bt, ct = gt
+    dett = (at * bt - ct.pow(2)).clamp(min=eps)
+    detp = (ap * bp - cp.pow(2)).clamp(min=eps)
+    # inverse of the target covariance: [[bt, -ct], [-ct, at]] / dett
+    dx, dy = xp - xt, yp - yt
+    maha = (bt * dx.pow(2) + at * dy.pow(2) - 2 * ct * dx * dy) / dett
+    trace = (bt * ap + at * bp - 2 * ct * cp) / dett
+    kld = 0.5 * (trace + maha - 2 + torch.log(dett / detp))
+    sim = 1.0 / (tau + torch.log1p(kld.clamp(min=0)))
+    return 1.0 - sim, sim
+
+
+def kld_loss(pred: torch.Tensor, target: torch.Tensor, tau: float = 1.0, eps: float = 1e-7):
+    """KLD box loss (Yang et al. 2021), elementwise: ``1 - 1 / (tau + ln(1 + KL(N_pred || N_target)))``.
+
+    Returns (loss, similarity) where similarity = 1 - loss is in (0, 1] and 1 only for identical boxes.
+    """
+    return _kld(_gaussian(pred), _gaussian(target), tau, eps)
+
+
+def soft_rotation(theta_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The expected doubled-angle vector ``(E[cos 2a], E[sin 2a])`` under the softmax of the CSL logits.
+
+    This is how the rotation-aware box losses see the predicted angle. Because a box's covariance
+    is linear in (cos 2t, sin 2t) (see :func:`_gaussian`), plugging in the expectation gives the
+    expected covariance of the box over the predicted angle distribution. It is differentiable with
+    bounded gradients everywhere (no atan2 singularity when the bins are near uniform, as at
+    initialisation), has no seam at +-pi/2, and equals the argmax box once the distribution is sharp;
+    a spread-out angle distribution makes the predicted box rounder, which ProbIoU/KLD penalise, so
+    the box loss also pushes the angle bins towards the right angle. The vector's direction is the
+    circular mean (:func:`soft_theta`). It uses all bins rather than a window around the target so
+    that the prediction does not depend on the target.
+    """
+    ang = 2 * bin_angles(theta_logits.shape[-1], theta_logits)
+    p = theta_logits.softmax(-1)
+    return p @ ang.cos(), p @ ang.sin()
+
+
+def soft_theta(theta_logits: torch.Tensor) -> torch.Tensor:
+    """The circular mean angle of the softmax over CSL bins (period pi): ``atan2(E sin 2a, E cos 2a) / 2``."""
+    c, s = soft_rotation(theta_logits)
+    return 0.5 * torch.atan2(s, c)
+
+
+_BIN_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def bin_angles(nbins: int, like: torch.Tensor) -> torch.Tensor:
+    """The angle of each CSL bin, from ``ops.csl_bin_angle`` so the layout is defined once."""
+    key = (nbins, like.device, like.dtype)
+    if key not in _BIN_CACHE:
+        ang = ops.csl_bin_angle(torch.arange(nbins, dtype=torch.float64), nbins)
+        _BIN_CACHE[key] = ang.to(like.device, like.dtype)
+    return _BIN_CACHE[key]
+
+
+def _detect_head(model: nn.Module) -> nn.Module:
+    """The Detect module: the one exposing ``anchors``, ``stride`` and ``nbins`` (works through DDP)."""
+    for m in model.modules():
+        if hasattr(m, "anchors") and hasattr(m, "stride") and hasattr(m, "nbins"):
+            return m
+    raise TypeError("model has no Detect head (a module with anchors, stride and nbins)")
+
+
+class OBBLoss:
+    """YOLOv5-OBB loss; ``loss, items = criterion(raw_preds, targets)``.
+
+    ``items`` is a detached tensor ``[4] = (box, obj, cls, theta)`` (already multiplied by their gains,
+    not by the batch size). ``hyp`` keys (defaults in ``DEFAULT_HYP``): gains ``box obj cls theta``,
+    ``cls_pw obj_pw theta_pw`` (BCE positive weights), ``anchor_t``, ``label_smoothing``,
+    ``csl_radius``, ``csl_window`` and ``box_loss`` in ``ciou | probiou | kld``.
+    """
+
+    def __init__(self, model: nn.Module, hyp: dict | None = None):
+        det = _detect_head(model)
+        self.hyp = {**DEFAULT_HYP, **(hyp or {})}
+        if self.hyp["box_loss"] not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {self.hyp['box_loss']!r}")
+        self.nc, self.na, self.nbins = int(det.nc), int(det.na), int(det.nbins)
+        self.nl = int(getattr(det, "nl", len(det.stride)))
+        self.stride = det.stride.detach().float().clone()
+        # anchors in grid units of each level: pixels / stride
+        anchors = det.anchors.detach().float()
+        self.anchors = anchors / self.stride.view(-1, 1, 1).to(anchors.device)
+        self.balance = BALANCE if self.nl == 3 else [4.0, 1.0, 0.25, 0.06, 0.02][: self.nl]
+        self.gr = 1.0
+        self.cp, self.cn = smooth_bce(self.hyp["label_smoothing"])
+
+    def _bce(self, pw: float, device: torch.device) -> nn.BCEWithLogitsLoss:
+        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pw], device=device))
+
+    def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        device = preds[0].device
+        h = self.hyp
+        bce_cls, bce_obj, bce_theta = (self._bce(h[k], device) for k in ("cls_pw", "obj_pw", "theta_pw"))
+        lbox, lobj, lcls, ltheta = (torch.zeros((), device=device) for _ in range(4))
+        tcls, tbox, indices, anch, ttheta = self.build_targets(preds, targets)
+        c0 = 5 + self.nc  # first theta channel
+        for i, pi in enumerate(preds):
+            b, a, gj, gi = indices[i]
+            tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=device)
+            n = b.shape[0]
+            if n:
+                ps = pi[b, a, gj, gi].float()  # the box maths in float32 also under autocast
+                pxy = ps[:, :2].sigmoid() * 2 - 0.5
+                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anch[i]
+                pbox = torch.cat((pxy, pwh), 1)
+                iou = self._box_loss(pbox, ps[:, c0:], tbox[i], ttheta[i])
+                lbox = lbox + (1.0 - iou).mean()
+                score = iou.detach().clamp(0).to(tobj.dtype)
+                tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * score
+                if self.nc > 1:
+                    t = torch.full_like(ps[:, 5:c0], self.cn)
+                    t[torch.arange(n, device=device), tcls[i]] = self.cp
+                    lcls = lcls + bce_cls(ps[:, 5:c0], t)
+                tt = torch.as_tensor(
+                    ops.csl_encode(ttheta[i], self.nbins, radius=h["csl_radius"], window=h["csl_window"])
+                ).to(ps.dtype)
+                ltheta = ltheta + bce_theta(ps[:, c0:], tt)
+            lobj = lobj + bce_obj(pi[..., 4], tobj) * self.balance[i]
+        lbox, lobj, lcls, ltheta = lbox * h["box"], lobj * h["obj"], lcls * h["cls"], ltheta * h["theta"]
+        bs = preds[0].shape[0]
+        return (lbox + lobj + lcls + ltheta) * bs, torch.stack((lbox, lobj, lcls, ltheta)).detach()
+
+    def _box_loss(
+        self, pbox: torch.Tensor, theta_logits: torch.Tensor, tbox: torch.Tensor, ttheta: torch.Tensor
+    ) -> torch.Tensor:
+        """The IoU-like similarity whose ``1 - x`` is the box loss; also the objectness target."""
+        kind = self.hyp["box_loss"]
+        if kind == "ciou":
+            return bbox_ciou(pbox, tbox)
+        gp = _gaussian(pbox, soft_rotation(theta_logits))
+        gt = _gaussian(torch.cat((tbox, ttheta[:, None].to(tbox.dtype)), 1))
+        if kind == "probiou":
+            return _probiou(gp, gt)
+        return _kld(gp, gt)[1]
+
+    @torch.no_grad()
+    def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor):
+        """YOLOv5 assignment of targets ``[n, 7]`` (pixels) to anchors and cells of each level.
+
+        Returns per level lists: ``tcls`` [m] int64, ``tbox`` [m, 4] (xy offset from the cell's
+        corner in (-0.5, 1.5), long/short in grid units), ``indices`` (image, anchor, gy, gx) int64,
+        ``anch`` [m, 2] anchors in grid units, and ``ttheta`` [m] target angles (radians).
+        """
+        device = preds[0].device
+        targets = targets.to(device=device, dtype=torch.float32)
+        na, nt = self.na, targets.shape[0]
+        tcls, tbox, indices, anch, ttheta = [], [], [], [], []
+        ai = torch.arange(na, device=device, dtype=torch.float32).view(na, 1).repeat(1, nt)
+        # [na, nt, 8] = img, cls, cx, cy, w, h, theta, anchor
+        t_all = torch.cat((targets.repeat(na, 1, 1), ai[..., None]), 2)
+        g = 0.5
+        off = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device).float() * g
+        for i, pi in enumerate(preds):
+            anchors = self.anchors[i].to(device)
+            ny, nx = pi.shape[2], pi.shape[3]
+            gain = torch.ones(8, device=device)
+            gain[2:6] = 1.0 / float(self.stride[i])
+            t = t_all * gain
+            if nt:
+                r = t[..., 4:6] / anchors[:, None]
+                j = torch.max(r, 1 / r).max(2)[0] < self.hyp["anchor_t"]
+                t = t[j]
+                gxy = t[:, 2:4]
+                gxi = torch.tensor([nx, ny], device=device) - gxy
+                j, k = ((gxy % 1 < g) & (gxy > 1)).T
+                lft, m = ((gxi % 1 < g) & (gxi > 1)).T
+                j = torch.stack((torch.ones_like(j), j, k, lft, m))
+                t = t.repeat((5, 1, 1))[j]
+                offsets = (torch.zeros_like(gxy)[None] + off[:, None])[j]
+            else:
+                t = t_all[0]
+                offsets = torch.zeros((0, 2), device=device)
+            b, c = t[:, 0].long(), t[:, 1].long()
+            gxy, gwh, a = t[:, 2:4], t[:, 4:6], t[:, 7].long()
+            gij = (gxy - offsets).long()
+            gi, gj = gij[:, 0].clamp(0, nx - 1), gij[:, 1].clamp(0, ny - 1)
+            indices.append((b, a, gj, gi))
+            tbox.append(torch.cat((gxy - torch.stack((gi, gj), 1), gwh), 1))
+            anch.append(anchors[a])
+            tcls.append(c)
+            ttheta.append(t[:, 6])
+        return tcls, tbox, indices, anch, ttheta

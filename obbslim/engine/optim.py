@@ -1,0 +1,105 @@
+"""SGD with YOLOv5's three parameter groups, its LR schedules and its warmup.
+
+Weight decay applies to convolution (and linear) weights only: BatchNorm weights and all biases are
+excluded, because decaying them shrinks the scale/shift parameters without regularising anything.
+The LR is a pure function of (epoch, iteration), so a resumed run needs no scheduler state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+NOMINAL_BATCH = 64
+
+
+def accumulate_steps(batch_size: int, nbs: int = NOMINAL_BATCH) -> int:
+    """Micro-batches per optimizer step, so the effective batch is about ``nbs`` images."""
+    return max(round(nbs / batch_size), 1)
+
+
+def scaled_weight_decay(weight_decay: float, batch_size: int, nbs: int = NOMINAL_BATCH) -> float:
+    """YOLOv5 scales the decay with the effective batch (batch * accumulate) relative to ``nbs``."""
+    return weight_decay * batch_size * accumulate_steps(batch_size, nbs) / nbs
+
+
+def param_groups(model: nn.Module) -> tuple[list, list, list]:
+    """(decayed weights, BN weights, biases) -- every trainable parameter lands in exactly one."""
+    decay, bn, bias = [], [], []
+    norm_types = tuple(v for k, v in nn.__dict__.items() if "Norm" in k and isinstance(v, type))
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if name == "bias":
+                bias.append(p)
+            elif isinstance(module, norm_types):
+                bn.append(p)
+            else:
+                decay.append(p)
+    return decay, bn, bias
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, momentum: float = 0.937, weight_decay: float = 5e-4, name: str = "SGD"
+) -> torch.optim.Optimizer:
+    """Optimizer with groups [biases, decayed weights, BN weights] (YOLOv5 order: biases first)."""
+    decay, bn, bias = param_groups(model)
+    if name == "SGD":
+        opt = torch.optim.SGD(bias, lr=lr, momentum=momentum, nesterov=True, weight_decay=0.0)
+    elif name in ("Adam", "AdamW"):
+        cls = torch.optim.Adam if name == "Adam" else torch.optim.AdamW
+        opt = cls(bias, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}: use SGD, Adam or AdamW")
+    opt.add_param_group({"params": decay, "weight_decay": weight_decay})
+    opt.add_param_group({"params": bn, "weight_decay": 0.0})
+    for g in opt.param_groups:
+        g["initial_lr"] = lr
+    return opt
+
+
+def lr_lambda(epochs: int, lrf: float, schedule: str = "cosine") -> Callable[[float], float]:
+    """LR multiplier per epoch: from 1 at epoch 0 down to ``lrf`` at the last epoch."""
+    if schedule == "cosine":  # YOLOv5 one_cycle(1, lrf, epochs)
+        return lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
+    if schedule == "linear":
+        return lambda x: (1 - x / max(epochs - 1, 1)) * (1.0 - lrf) + lrf
+    raise ValueError(f"unknown LR schedule {schedule!r}: use cosine or linear")
+
+
+def set_lr(
+    optimizer: torch.optim.Optimizer,
+    hyp: dict,
+    lf: Callable[[float], float],
+    epoch: int,
+    ni: int,
+    nw: int,
+    batch_size: int,
+) -> int:
+    """Set each group's LR (and momentum during warmup) for iteration ``ni``; return ``accumulate``.
+
+    During the first ``nw`` iterations the bias LR falls from ``warmup_bias_lr`` while the other LRs
+    rise from 0, momentum rises from ``warmup_momentum``, and accumulation ramps from 1 (YOLOv5).
+    """
+    nbs = int(hyp.get("nbs", NOMINAL_BATCH))
+    accumulate = accumulate_steps(batch_size, nbs)
+    target = lf(epoch)
+    if ni < nw:
+        xi = [0, nw]
+        accumulate = max(1, int(np.interp(ni, xi, [1, nbs / batch_size]).round()))
+        for j, g in enumerate(optimizer.param_groups):
+            start = hyp.get("warmup_bias_lr", 0.1) if j == 0 else 0.0
+            g["lr"] = float(np.interp(ni, xi, [start, g["initial_lr"] * target]))
+            if "momentum" in g:
+                g["momentum"] = float(np.interp(ni, xi, [hyp.get("warmup_momentum", 0.8), hyp["momentum"]]))
+    else:
+        for g in optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * target
+            if "momentum" in g:
+                g["momentum"] = hyp["momentum"]
+    return accumulate

@@ -1,0 +1,382 @@
+"""The official DOTA Task1 metric (DOTA_devkit ``dota_evaluation_task1.py``), vectorised.
+
+Semantics follow the devkit's ``voc_eval`` exactly:
+
+- per class, detections are ranked by ``np.argsort(-confidence)`` (numpy's default sort kind, so
+  score ties break as in the official code, by the order of the detections in the file);
+- each detection's candidate is the ground truth of the same image and class with the highest
+  polygon IoU (first one on ties); it is a true positive when that IoU is strictly above the
+  threshold, the candidate is not difficult and not matched yet; a second detection on the same
+  ground truth is a false positive; a best match on a difficult ground truth counts as neither;
+- AP is VOC07 11-point (``"voc07"``) or VOC12 all-point (``"voc12"``), as ``voc_ap``.
+
+Where the devkit crashes we choose: detections on images outside the image set are skipped
+(neither TP nor FP; the devkit raises KeyError), a class without detections scores 0, and a class
+without non-difficult ground truth scores 0 (the devkit divides by zero).
+
+Speed: the candidate (best IoU, index) of every detection does not depend on the threshold or on
+the matching state, so it is computed once for all classes from the (detection, ground truth)
+pairs of the same image and class whose bounding boxes overlap (the devkit's own pre-filter), with
+one exact polygon IoU call; matching at any number of thresholds is then pure numpy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from obbslim.data.labeltxt import read_labeltxt, read_task1
+from obbslim.errors import InputError
+
+METRICS = ("voc07", "voc12")
+_PAIR_CHUNK = 1 << 20  # candidate pairs handled per IoU call (bounds memory)
+
+
+def class_key(name: str) -> str:
+    """DOTA spells class names with hyphens; a space means the same ("small vehicle")."""
+    return name.strip().replace(" ", "-")
+
+
+def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool = False) -> float:
+    """Average precision from a recall/precision curve, bit for bit as the devkit's ``voc_ap``."""
+    rec = np.asarray(rec, np.float64)
+    prec = np.asarray(prec, np.float64)
+    if use_07_metric:
+        ap = 0.0
+        for t in np.arange(0.0, 1.1, 0.1):
+            above = rec >= t
+            p = np.max(prec[above]) if above.any() else 0
+            ap = ap + p / 11.0
+        return float(ap)
+    mrec = np.concatenate(([0.0], rec, [1.0]))
+    mpre = np.concatenate(([0.0], prec, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope
+    i = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+
+
+def _hbb(polys: np.ndarray) -> np.ndarray:
+    xs, ys = polys[:, 0::2], polys[:, 1::2]
+    return np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1)
+
+
+def _area(polys: np.ndarray) -> np.ndarray:
+    x, y = polys[:, 0::2], polys[:, 1::2]
+    return 0.5 * np.abs((x * np.roll(y, -1, 1) - y * np.roll(x, -1, 1)).sum(1))
+
+
+def _aligned_poly_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of a[k] with b[k] for every k (float64 [K])."""
+    from obbslim.ops import poly_iou
+
+    if len(a) == 0:
+        return np.zeros(0, np.float64)
+    return np.asarray(poly_iou(a, b, aligned=True), dtype=np.float64).reshape(-1)
+
+
+def best_candidates(
+    det_polys: np.ndarray,
+    det_key: np.ndarray,
+    gt_polys: np.ndarray,
+    gt_key: np.ndarray,
+    min_iou: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each detection: (highest IoU with a ground truth of the same key, that ground truth's
+    index). Keys are group ids (image and class); a negative detection key has no candidates.
+    Without any overlapping ground truth the IoU is -inf and the index -1, as in the devkit.
+
+    Pairs whose IoU cannot exceed ``min_iou`` (an upper bound from areas and box overlap) are not
+    computed, so the result is exact for any matching threshold >= ``min_iou``."""
+    nd = len(det_polys)
+    ovmax = np.full(nd, -np.inf)
+    jmax = np.full(nd, -1, np.int64)
+    if nd == 0 or len(gt_polys) == 0:
+        return ovmax, jmax
+    order = np.argsort(gt_key, kind="stable")  # keeps file order inside a group (tie-break)
+    skey = gt_key[order]
+    start = np.searchsorted(skey, det_key, "left")
+    count = np.searchsorted(skey, det_key, "right") - start
+    count[det_key < 0] = 0
+    dbox, gbox = _hbb(det_polys), _hbb(gt_polys)
+    darea, garea = _area(det_polys), _area(gt_polys)
+    ends = np.cumsum(count)
+    lo = 0
+    while lo < nd:  # chunks of detections, each with about _PAIR_CHUNK candidate pairs
+        base = ends[lo - 1] if lo else 0
+        hi = max(int(np.searchsorted(ends, base + _PAIR_CHUNK, "right")), lo + 1)
+        cnt = count[lo:hi]
+        total = int(cnt.sum())
+        if total:
+            pd = np.repeat(np.arange(lo, hi), cnt)
+            offs = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+            pg = order[np.repeat(start[lo:hi], cnt) + offs]
+            db, gb = dbox[pd], gbox[pg]
+            iw = np.minimum(db[:, 2], gb[:, 2]) - np.maximum(db[:, 0], gb[:, 0])
+            ih = np.minimum(db[:, 3], gb[:, 3]) - np.maximum(db[:, 1], gb[:, 1])
+            keep = (iw > 0) & (ih > 0)  # the devkit's pre-filter: a positive IoU needs overlapping boxes
+            pd, pg = pd[keep], pg[keep]
+            # IoU <= m / (A + B - m) with m = min(A, B, box overlap); skip pairs that cannot match
+            m = np.minimum(np.minimum(darea[pd], garea[pg]), iw[keep] * ih[keep])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                bound = m / (darea[pd] + garea[pg] - m)
+            keep = ~(bound < min_iou - 1e-9)  # margin: the bound is rounded too; NaN (0/0) is kept
+            pd, pg = pd[keep], pg[keep]
+            iou = _aligned_poly_iou(det_polys[pd], gt_polys[pg])
+            iou = np.nan_to_num(iou, nan=0.0)
+            # best IoU per detection, lowest ground-truth index on ties (np.argmax semantics)
+            srt = np.lexsort((pg, -iou, pd))
+            pd, pg, iou = pd[srt], pg[srt], iou[srt]
+            first = np.ones(len(pd), bool)
+            first[1:] = pd[1:] != pd[:-1]
+            ovmax[pd[first]] = iou[first]
+            jmax[pd[first]] = pg[first]
+        lo = hi
+    return ovmax, jmax
+
+
+def _as_thresholds(iou_thr: float | Sequence[float]) -> tuple[list[float], bool]:
+    single = np.ndim(iou_thr) == 0
+    thrs = [float(iou_thr)] if single else [float(t) for t in iou_thr]
+    for t in thrs:
+        if not 0.0 <= t < 1.0:
+            raise ValueError(f"IoU threshold must be in [0, 1), got {t}")
+    return thrs, single
+
+
+def evaluate_polys(
+    *,
+    gt_polys: np.ndarray,
+    gt_cls: np.ndarray,
+    gt_img: np.ndarray,
+    det_polys: np.ndarray,
+    det_scores: np.ndarray,
+    det_cls: np.ndarray,
+    det_img: np.ndarray,
+    names: Sequence[str],
+    gt_difficult: np.ndarray | None = None,
+    metric: str = "voc07",
+    iou_thr: float | Sequence[float] = 0.5,
+) -> dict | list[dict]:
+    """DOTA Task1 evaluation of in-memory arrays (no files), e.g. for validation during training.
+
+    Ground truth: ``gt_polys`` [G, 8], ``gt_cls`` [G] (index into ``names``), ``gt_img`` [G]
+    (image index), ``gt_difficult`` [G] (nonzero = difficult). Detections: ``det_polys`` [D, 8],
+    ``det_scores`` [D], ``det_cls`` [D], ``det_img`` [D] (a negative image index = an image outside
+    the evaluated set: skipped). Within a class, the detections' order is the tie-break order.
+    Rows whose class is outside ``names`` are dropped. ``iou_thr`` a float gives one result dict;
+    a sequence gives a list of dicts (the IoUs are computed once).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    thrs, single = _as_thresholds(iou_thr)
+    nc = len(names)
+    gt_polys = np.asarray(gt_polys, np.float64).reshape(-1, 8)
+    gt_cls = np.asarray(gt_cls, np.int64).reshape(-1)
+    gt_img = np.asarray(gt_img, np.int64).reshape(-1)
+    diff = (
+        np.zeros(len(gt_polys), bool) if gt_difficult is None else np.asarray(gt_difficult).reshape(-1) != 0
+    )
+    det_polys = np.asarray(det_polys, np.float64).reshape(-1, 8)
+    det_scores = np.asarray(det_scores, np.float64).reshape(-1)
+    det_cls = np.asarray(det_cls, np.int64).reshape(-1)
+    det_img = np.asarray(det_img, np.int64).reshape(-1)
+    if not (len(gt_polys) == len(gt_cls) == len(gt_img) == len(diff)):
+        raise ValueError("gt_polys, gt_cls, gt_img and gt_difficult must have the same length")
+    if not (len(det_polys) == len(det_scores) == len(det_cls) == len(det_img)):
+        raise ValueError("det_polys, det_scores, det_cls and det_img must have the same length")
+
+    gt_ok = (gt_cls >= 0) & (gt_cls < nc)
+    gt_key = np.where(gt_ok, gt_img * nc + gt_cls, -1)
+    det_ok = (det_cls >= 0) & (det_cls < nc)
+    det_key = np.where(det_ok & (det_img >= 0), det_img * nc + det_cls, -1)
+    ovmax, jmax = best_candidates(det_polys, det_key, gt_polys[gt_ok], gt_key[gt_ok], min(thrs))
+    has = jmax >= 0
+    jmax[has] = np.flatnonzero(gt_ok)[jmax[has]]  # back to indices of the full ground-truth arrays
+    cand_diff = np.zeros(len(jmax), bool)
+    cand_diff[has] = diff[jmax[has]]
+
+    npos = np.bincount(gt_cls[gt_ok & ~diff], minlength=nc)[:nc]
+    ranked = []  # per class: detection indices in ranked order
+    for c in range(nc):
+        idx = np.flatnonzero(det_cls == c)
+        ranked.append(idx[np.argsort(-det_scores[idx])])
+
+    results = []
+    for t in thrs:
+        res: dict = {
+            "metric": metric,
+            "iou_thr": t,
+            "mAP": 0.0,
+            "per_class": {},
+            "n_gt": {},
+            "n_det": {},
+            "n_tp": {},
+            "precision": {},
+            "recall": {},
+            "scores": {},
+        }
+        for c, name in enumerate(names):
+            d = ranked[c]
+            hit = ovmax[d] > t
+            skip = (det_key[d] < 0) | (hit & cand_diff[d])  # neither TP nor FP
+            tp = np.zeros(len(d))
+            pos = np.flatnonzero(hit & ~cand_diff[d])
+            _, first = np.unique(jmax[d][pos], return_index=True)  # first (highest-ranked) claim wins
+            tp[pos[first]] = 1.0
+            fp = (~skip & (tp == 0)).astype(np.float64)
+            fp, tp = np.cumsum(fp), np.cumsum(tp)
+            n = int(npos[c])
+            rec = tp / float(n) if n else np.zeros(len(d))
+            prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+            res["per_class"][name] = voc_ap(rec, prec, metric == "voc07") if n else 0.0
+            res["n_gt"][name] = n
+            res["n_det"][name] = int((det_key[d] >= 0).sum())
+            res["n_tp"][name] = int(tp[-1]) if len(tp) else 0
+            res["precision"][name] = prec
+            res["recall"][name] = rec
+            res["scores"][name] = det_scores[d]
+        aps = list(res["per_class"].values())
+        res["mAP"] = float(sum(aps) / len(aps)) if aps else 0.0
+        results.append(res)
+    return results[0] if single else results
+
+
+def evaluate_images(
+    gts: Sequence[tuple],
+    dets: Sequence[tuple],
+    names: Sequence[str],
+    metric: str = "voc07",
+    iou_thr: float | Sequence[float] = 0.5,
+) -> dict | list[dict]:
+    """Convenience over ``evaluate_polys`` for per-image lists, as a validation loop has them.
+
+    ``gts[i] = (polys [n, 8], cls [n], difficult [n] or None)``,
+    ``dets[i] = (polys [m, 8], scores [m], cls [m])`` (same image order).
+    """
+    if len(gts) != len(dets):
+        raise ValueError(f"{len(gts)} ground-truth images but {len(dets)} detection images")
+
+    def cat(parts, cols, dtype):
+        arrs = [
+            np.asarray(p, dtype).reshape(-1, cols) if cols else np.asarray(p, dtype).reshape(-1)
+            for p in parts
+        ]
+        return np.concatenate(arrs) if arrs else np.zeros((0, cols) if cols else 0, dtype)
+
+    gdiff = [g[2] if len(g) > 2 and g[2] is not None else np.zeros(len(np.reshape(g[1], -1))) for g in gts]
+    return evaluate_polys(
+        gt_polys=cat([g[0] for g in gts], 8, np.float64),
+        gt_cls=cat([g[1] for g in gts], 0, np.int64),
+        gt_img=np.concatenate([np.full(len(np.reshape(g[1], -1)), i) for i, g in enumerate(gts)] or [[]]),
+        gt_difficult=cat(gdiff, 0, np.int64),
+        det_polys=cat([d[0] for d in dets], 8, np.float64),
+        det_scores=cat([d[1] for d in dets], 0, np.float64),
+        det_cls=cat([d[2] for d in dets], 0, np.int64),
+        det_img=np.concatenate([np.full(len(np.reshape(d[1], -1)), i) for i, d in enumerate(dets)] or [[]]),
+        names=names,
+        metric=metric,
+        iou_thr=iou_thr,
+    )
+
+
+def read_imageset(path: str | Path) -> dict[str, int]:
+    """Image id -> 1-based line, one id per line (blank lines skipped, a repeated id kept once)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image set file")
+    ids: dict[str, int] = {}
+    for num, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if raw.strip():
+            ids.setdefault(raw.strip(), num)
+    return ids
+
+
+def find_task1_files(det_dir: str | Path) -> dict[str, Path]:
+    """Map class key -> ``Task1_<class>.txt`` in ``det_dir``; two files for one class is an error."""
+    det_dir = Path(det_dir)
+    if not det_dir.is_dir():
+        raise FileNotFoundError(f"{det_dir}: no such detection folder")
+    files: dict[str, Path] = {}
+    for p in sorted(det_dir.glob("Task1_*.txt")):
+        key = class_key(p.stem[len("Task1_") :])
+        if key in files:
+            raise InputError(
+                f"two detection files for class {key!r}: {files[key].name} and {p.name}", det_dir
+            )
+        files[key] = p
+    return files
+
+
+def evaluate_dota(
+    det_dir: str | Path,
+    ann_dir: str | Path,
+    imageset: str | Path | None = None,
+    classes: Iterable[str] | None = None,
+    metric: str = "voc07",
+    iou_thr: float | Sequence[float] = 0.5,
+) -> dict | list[dict]:
+    """Evaluate ``det_dir/Task1_<class>.txt`` against ``ann_dir/<image>.txt`` labelTxt files.
+
+    ``imageset`` lists the image ids (default: every label file in ``ann_dir``); ``classes``
+    defaults to every class in the ground truth, sorted. Returns a dict with ``metric``, ``mAP``,
+    ``per_class`` {class: AP} and per-class ``n_gt``, ``n_det``, ``n_tp``, ``precision``,
+    ``recall``, ``scores`` (the ranked curves); a list of them if ``iou_thr`` is a sequence.
+    """
+    ann_dir = Path(ann_dir)
+    if not ann_dir.is_dir():
+        raise FileNotFoundError(f"{ann_dir}: no such annotation folder")
+    det_files = find_task1_files(det_dir)
+    if imageset is None:
+        image_ids = sorted(p.stem for p in ann_dir.glob("*.txt"))
+        if not image_ids:
+            raise InputError("no labelTxt files (*.txt) in the annotation folder", ann_dir)
+    else:
+        listed = read_imageset(imageset)
+        for img, num in listed.items():
+            if not (ann_dir / f"{img}.txt").is_file():
+                raise InputError(f"image {img!r} has no label file {ann_dir / (img + '.txt')}", imageset, num)
+        image_ids = list(listed)
+    labels = [read_labeltxt(ann_dir / f"{img}.txt") for img in image_ids]
+
+    gt_names = [class_key(n) for lf in labels for n in lf.names]
+    names = sorted(set(gt_names)) if classes is None else list(dict.fromkeys(class_key(c) for c in classes))
+    cls_of = {n: i for i, n in enumerate(names)}
+    img_of = {img: i for i, img in enumerate(image_ids)}
+
+    gt_polys = np.concatenate([lf.polys for lf in labels]) if labels else np.zeros((0, 8))
+    gt_cls = np.array([cls_of.get(n, -1) for n in gt_names], np.int64)
+    gt_img = np.concatenate(
+        [np.full(len(lf), i, np.int64) for i, lf in enumerate(labels)] or [np.zeros(0, np.int64)]
+    )
+    gt_diff = np.concatenate([lf.difficult for lf in labels] or [np.zeros(0, np.int64)])
+
+    det_parts = []
+    for c, name in enumerate(names):
+        if name in det_files:
+            ids, scores, polys = read_task1(det_files[name])
+            dimg = np.array([img_of.get(i, -1) for i in ids], np.int64)
+            det_parts.append((polys, scores, np.full(len(ids), c, np.int64), dimg))
+    if det_parts:
+        det_polys, det_scores, det_cls, det_img = (np.concatenate(x) for x in zip(*det_parts))
+    else:
+        det_polys, det_scores, det_cls, det_img = (
+            np.zeros((0, 8)),
+            np.zeros(0),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+        )
+    return evaluate_polys(
+        gt_polys=gt_polys,
+        gt_cls=gt_cls,
+        gt_img=gt_img,
+        gt_difficult=gt_diff,
+        det_polys=det_polys,
+        det_scores=det_scores,
+        det_cls=det_cls,
+        det_img=det_img,
+        names=names,
+        metric=metric,
+        iou_thr=iou_thr,
+    )

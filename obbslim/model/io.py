@@ -1,0 +1,119 @@
+"""Build, save and load OBB models. Checkpoints are plain dicts (no pickled modules):
+`torch.load(path, weights_only=True)` reads them, and the model is rebuilt from the stored record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from obbslim.errors import ObbslimError
+from obbslim.model.yolo import OBBModel, load_spec, spec_to_arch
+
+CKPT_VERSION = 1
+_KEYS = ("arch", "model", "ema", "names", "hyp", "epoch", "optimizer", "metrics", "version")
+
+
+def build(spec_or_name: str | Path | dict, nc: int, names: Sequence[str] | None = None) -> OBBModel:
+    """A fresh model from a shipped spec name ('yolov5s-obb[.yaml]'), a YAML path, a spec dict or an
+    architecture record (a dict with 'layers')."""
+    if isinstance(spec_or_name, dict) and "layers" in spec_or_name:
+        arch = dict(spec_or_name, nc=int(nc))
+    else:
+        arch = spec_to_arch(load_spec(spec_or_name), nc=nc)
+    return OBBModel.from_arch(arch, names=names)
+
+
+def _float_state(sd: dict | nn.Module | None) -> dict | None:
+    if sd is None:
+        return None
+    if isinstance(sd, nn.Module):
+        sd = sd.state_dict()
+    return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu() for k, v in sd.items()}
+
+
+def save(
+    model: OBBModel,
+    path: str | Path,
+    *,
+    ema: nn.Module | dict | None = None,
+    optimizer: Any = None,
+    epoch: int = -1,
+    hyp: dict | None = None,
+    metrics: dict | None = None,
+    **meta: Any,
+) -> None:
+    """Write a checkpoint atomically (a crash never leaves half a file).
+
+    `ema` is the EMA model (or its state dict), `optimizer` an optimizer or its state dict; any extra
+    keyword lands as a top-level key. Values must be weights_only-loadable (tensors, plain containers).
+    """
+    from obbslim.utils.io import atomic_torch_save
+
+    model = getattr(model, "module", model)  # DDP / DataParallel
+    if not isinstance(model, OBBModel):
+        raise ObbslimError(f"save: expected an OBBModel, got {type(model).__name__}")
+    if model.fused:
+        raise ObbslimError("save: the model has been fused (BN folded); save the unfused model instead")
+    if isinstance(ema, nn.Module):
+        ema = getattr(ema, "module", ema)
+    if optimizer is not None and hasattr(optimizer, "state_dict"):
+        optimizer = optimizer.state_dict()
+    ckpt = {
+        "arch": model.get_arch(),
+        "model": _float_state(model),
+        "ema": _float_state(ema),
+        "names": list(model.names),
+        "hyp": hyp,
+        "epoch": int(epoch),
+        "optimizer": optimizer,
+        "metrics": metrics,
+        "version": CKPT_VERSION,
+    }
+    clash = set(meta) & set(_KEYS)
+    if clash:
+        raise ObbslimError(f"save: meta keys {sorted(clash)} are reserved")
+    ckpt.update(meta)
+    atomic_torch_save(ckpt, path)
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """torch.load(weights_only=True) with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ObbslimError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # corrupt file, a pickled-module checkpoint, not a torch file at all
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ObbslimError(f"{path}: not a readable obbslim checkpoint ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("arch"), dict) or "model" not in ckpt:
+        raise ObbslimError(f"{path}: not an obbslim checkpoint (no 'arch' record and 'model' state dict)")
+    return ckpt
+
+
+def ckpt_to_model(ckpt: dict, ema: bool = False, source: str | Path | None = None) -> OBBModel:
+    """Rebuild the model from a checkpoint dict (the raw weights, or EMA ones when `ema` and present).
+
+    Returned in training mode on CPU: the training engine uses this to resume."""
+    where = f"{source}: " if source is not None else ""
+    try:
+        model = OBBModel.from_arch(ckpt["arch"], names=ckpt.get("names"))
+        sd = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
+        model.load_state_dict(sd, strict=True)
+    except ObbslimError as e:
+        raise ObbslimError(f"{where}{e}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = f"checkpoint does not match its architecture record ({first[:300]})"
+        raise ObbslimError(where + msg) from None
+    return model
+
+
+def load(ckpt_path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> OBBModel:
+    """A model ready for inference: rebuilt from the stored record, EMA weights when present, eval mode."""
+    ckpt = read_checkpoint(ckpt_path)
+    model = ckpt_to_model(ckpt, ema=ema, source=ckpt_path)
+    return model.to(device).eval()
