@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 from typing import Any, Sequence
 
 import cv2
@@ -282,6 +283,10 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(seed)
     random.seed(seed)
     cv2.setNumThreads(0)
+    # Ctrl-C / SIGTERM sent to the whole process group is the main process's business: it finishes the
+    # step and saves last.pt, then shuts the workers down. A worker dying first would crash that.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def build_dataloader(

@@ -101,7 +101,9 @@ class Distiller(nn.Module):
             raise ObbslimError(
                 f"teacher {teacher_name} has {len(t_ch)} levels, student {student_name} {len(student_ch)}"
             )
-        self.adapters = nn.ModuleList(_adapter(int(s), t) for s, t in zip(student_ch, t_ch))
+        with torch.random.fork_rng(devices=[]):  # the same initial adapters in every run (exact resume)
+            torch.manual_seed(0)
+            self.adapters = nn.ModuleList(_adapter(int(s), t) for s, t in zip(student_ch, t_ch))
         self.output_weight, self.feature_weight = float(output_weight), float(feature_weight)
         self.temp, self.feature_temp, self.feature_type = float(temp), float(feature_temp), feature_type
         self.cls_kind, self.box_thresh = cls_kind, float(box_thresh)
@@ -111,6 +113,7 @@ class Distiller(nn.Module):
         self._t_feats: list | None = None
         self._s_feats: list | None = None
         self._s_handle = None
+        self._s_detect: list = []
         teacher.detect.register_forward_hook(self._keep_teacher)
 
     # -- the teacher stays out of the module tree, frozen, but follows the device
@@ -143,12 +146,14 @@ class Distiller(nn.Module):
         if self._s_handle is not None:
             self._s_handle.remove()
         self._s_handle = student.detect.register_forward_hook(self._keep_student)
+        self._s_detect = [student.detect]  # a list: not a submodule (its anchors, for the box term)
 
     def unbind(self) -> None:
         if self._s_handle is not None:
             self._s_handle.remove()
             self._s_handle = None
         self._s_feats = None
+        self._s_detect = []
 
     @torch.no_grad()
     def teacher_forward(self, imgs: torch.Tensor) -> list[torch.Tensor]:
@@ -162,8 +167,11 @@ class Distiller(nn.Module):
         zero = raw[0].new_zeros((), dtype=torch.float32)
         terms = dict.fromkeys(TERMS, zero)
         if self.output_weight:
-            anchors_grid = det.anchors.float() / det.stride.float().view(-1, 1, 1)
-            out = output_losses(raw, t_raw, det.nc, anchors_grid, self.temp, self.cls_kind, self.box_thresh)
+            t_anchors = _grid_anchors(det)
+            s_anchors = _grid_anchors(self._s_detect[0]) if self._s_detect else t_anchors
+            out = output_losses(
+                raw, t_raw, det.nc, s_anchors, t_anchors, self.temp, self.cls_kind, self.box_thresh
+            )
             for k, v in out.items():
                 terms[f"kd_{k}"] = v * self.gains[k] * self.output_weight
         if self.feature_weight:
@@ -180,3 +188,8 @@ class Distiller(nn.Module):
         self._s_feats = self._t_feats = None  # do not keep the graph alive past this step
         loss = sum(terms.values()) * raw[0].shape[0]
         return loss, {k: v.detach() for k, v in terms.items()}
+
+
+def _grid_anchors(det: nn.Module) -> torch.Tensor:
+    """A Detect head's anchors in grid units of each level, [nl, na, 2]."""
+    return det.anchors.float() / det.stride.float().view(-1, 1, 1).to(det.anchors.device)

@@ -3,7 +3,7 @@
 Every term is a divergence, so a student that equals its teacher scores exactly 0:
 - soft-target BCE is written as ``BCE(s, p_t) - H(p_t)``, the Bernoulli KL (:func:`bernoulli_kl`);
 - the angle and (optionally) the classes use a softmax KL with temperature ``T`` (times ``T^2``, Hinton);
-- the box term is ``1 - CIoU`` between the decoded student and teacher boxes (grid units);
+- the box term is ``1 - DIoU`` between the decoded student and teacher boxes (grid units);
 - features: channel-wise distillation (:func:`cwd_loss`) or masked imitation (:func:`mimic_loss`).
 
 Output terms are computed per anchor/cell of the same input batch and weighted by the teacher's
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from obbslim.engine.loss import BALANCE, bbox_ciou
+from obbslim.engine.loss import BALANCE
 
 CLS_KINDS = ("bce", "kl")
 
@@ -45,11 +45,28 @@ def decode_grid_boxes(raw: torch.Tensor, anchors_grid: torch.Tensor) -> torch.Te
     return torch.cat((xy, wh), -1)
 
 
+def diou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance-IoU of axis-aligned (cx, cy, w, h) boxes, elementwise: ``IoU - d^2 / c^2`` (Zheng et al.
+    2020), in float64 with a negligible eps so that identical boxes give exactly 1 (YOLOv5's CIoU eps of
+    1e-7 is not negligible for boxes of a fraction of a grid cell); the distance term keeps a gradient
+    when the boxes do not overlap."""
+    a, b = a.double(), b.double()
+    a1, a2 = a[..., :2] - a[..., 2:4] / 2, a[..., :2] + a[..., 2:4] / 2
+    b1, b2 = b[..., :2] - b[..., 2:4] / 2, b[..., :2] + b[..., 2:4] / 2
+    inter = (torch.min(a2, b2) - torch.max(a1, b1)).clamp(0).prod(-1)
+    union = a[..., 2:4].prod(-1) + b[..., 2:4].prod(-1) - inter
+    c2 = (torch.max(a2, b2) - torch.min(a1, b1)).pow(2).sum(-1)
+    rho2 = (a[..., :2] - b[..., :2]).pow(2).sum(-1)
+    eps = 1e-30
+    return (inter / (union + eps) - rho2 / (c2 + eps)).float()
+
+
 def output_losses(
     s_raw: list[torch.Tensor],
     t_raw: list[torch.Tensor],
     nc: int,
-    anchors_grid: torch.Tensor,
+    s_anchors: torch.Tensor,
+    t_anchors: torch.Tensor | None = None,
     temp: float = 1.0,
     cls_kind: str = "bce",
     box_thresh: float = 0.5,
@@ -61,12 +78,14 @@ def output_losses(
       a softmax KL over the classes (``'kl'``), temperature ``temp``; teacher-objectness-weighted mean;
     - ``theta``: softmax KL over the CSL bins with temperature ``temp``; teacher-objectness-weighted mean;
     - ``obj``: Bernoulli KL of objectness over every cell, mean per level times the YOLOv5 level balance;
-    - ``box``: ``1 - CIoU`` of the decoded boxes where ``sigmoid(obj_t) > box_thresh``, weighted mean.
-    ``anchors_grid`` is ``[nl, na, 2]`` in grid units (pixels / stride).
+    - ``box``: ``1 - DIoU`` of the decoded boxes where ``sigmoid(obj_t) > box_thresh``, weighted mean.
+    ``s_anchors`` / ``t_anchors`` (default: the same) are each model's ``[nl, na, 2]`` anchors in grid
+    units (pixels / stride): the boxes are compared decoded, so the two may differ.
     """
     if cls_kind not in CLS_KINDS:
         raise ValueError(f"cls_kind must be one of {CLS_KINDS}, got {cls_kind!r}")
     balance = balance or (BALANCE if len(s_raw) == 3 else [1.0] * len(s_raw))
+    t_anchors = s_anchors if t_anchors is None else t_anchors
     c0 = 5 + nc
     zero = s_raw[0].new_zeros((), dtype=torch.float32)
     w_sum, cls_sum, th_sum, obj, box_sum, box_w = zero, zero, zero, zero, zero, zero
@@ -87,10 +106,10 @@ def output_losses(
         obj = obj + bernoulli_kl(s[..., 4], t[..., 4]).mean() * balance[i]
         conf = w > box_thresh
         if conf.any():
-            sb = decode_grid_boxes(s, anchors_grid[i])[conf]
-            tb = decode_grid_boxes(t, anchors_grid[i])[conf]
+            sb = decode_grid_boxes(s, s_anchors[i])[conf]
+            tb = decode_grid_boxes(t, t_anchors[i])[conf]
             wc = w[conf]
-            box_sum = box_sum + (wc * (1.0 - bbox_ciou(sb, tb))).sum()
+            box_sum = box_sum + (wc * (1.0 - diou(sb, tb))).sum()
             box_w = box_w + wc.sum()
     eps = 1e-9
     return {

@@ -126,7 +126,8 @@ def detect(
     t0 = time.perf_counter()
     results: list[tuple[str, Any]] = []
     n_tiled = 0
-    bar = tqdm(total=len(files), desc="detect", unit="img", disable=not progress,
+    # disable=None: no bar when stderr is not a terminal (logs, captured output)
+    bar = tqdm(total=len(files), desc="detect", unit="img", disable=None if progress else True,
                bar_format="{l_bar}{bar:10}{r_bar}")
     for i in range(0, len(files), det.batch):  # whole images per chunk; their windows share batches
         chunk = files[i : i + det.batch]

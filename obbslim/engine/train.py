@@ -13,6 +13,10 @@ Two hooks let later stages change training without touching this file:
   plain model after the EMA copy is made (so forward hooks stay off the EMA), and its state_dict is saved
   in the checkpoints as ``extra_state`` and restored on resume. ``extra_args`` (plain data) is stored
   with the run's arguments so a resumed run can rebuild the extra loss.
+- ``on_epoch_end(model, epoch) -> {column: value}`` adds columns to results.csv (rank 0).
+
+``sparsity`` (lambda), ``sparsity_schedule`` and ``sparsity_bias`` turn on network slimming's L1 on the
+BN scales (obbslim.prune.sparsity) through these hooks; being options, resume keeps them.
 
 Epochs are 0-based in the progress bar, results.csv and checkpoints (``ckpt['epoch']`` is the last
 completed epoch, -1 for none), as in YOLOv5.
@@ -418,6 +422,7 @@ def _train(
                     progress=opts["verbose"],
                 )
                 metrics.pop("voc07", None)
+                metrics.pop("voc12", None)  # per-class arrays: not weights_only-loadable in checkpoints
                 if fitness(metrics) >= best_fitness:
                     best_fitness, best_epoch = fitness(metrics), epoch
                 log(

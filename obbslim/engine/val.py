@@ -208,7 +208,8 @@ def _val_full_images(
     det.reset_times()
     results = []
     chunk = max(det.batch // 4, 1)  # a large image makes many windows already
-    for i in tqdm(range(0, len(files), chunk), desc="  full images", disable=not progress, leave=False):
+    for i in tqdm(range(0, len(files), chunk), desc="  full images", disable=None if progress else True,
+                  leave=False):
         part = files[i : i + chunk]
         results += [(Path(f).stem, d) for f, d in zip(part, det.predict_batch(part))]
     task1_dir = run_dir / "Task1"

@@ -169,10 +169,11 @@ def search_threshold(
     min_channels: int,
     round_to: int,
     imgsz: int,
-    iters: int = 14,
+    iters: int = 12,
+    tol: float = 0.005,
 ) -> tuple[float, float]:
     """Bisect the global ratio so that the kept fraction of params/FLOPs is <= target (the least
-    pruning that meets it). Returns (threshold, ratio)."""
+    pruning that meets it, to within ``tol``). Returns (threshold, ratio)."""
     g_all = all_gammas(groups)
     base = _cost(model, imgsz)
     idx = 0 if key == "params" else 1
@@ -195,6 +196,8 @@ def search_threshold(
         frac, thr = kept(mid)
         if frac <= target:
             hi, best = mid, (thr, mid)
+            if frac >= target - tol:  # close enough below the budget
+                break
         else:
             lo = mid
     return best

@@ -101,7 +101,13 @@ def plot_gamma_hist(history: list[dict], path: str | Path) -> Path | None:
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4))
     extent = (HIST_BINS[0], HIST_BINS[-1], epochs[0] - 0.5, epochs[-1] + 0.5)
-    im = ax.imshow(hist, aspect="auto", origin="lower", extent=extent, cmap="viridis", interpolation="none")
+    from matplotlib.colors import PowerNorm
+    from matplotlib.ticker import MaxNLocator
+
+    norm = PowerNorm(0.3, vmin=0.0, vmax=max(float(hist.max()), 1e-9))  # small tails stay visible
+    im = ax.imshow(hist, aspect="auto", origin="lower", extent=extent, cmap="viridis", interpolation="none",
+                   norm=norm)  # fmt: skip
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.axvline(-2.0, color="w", lw=0.8, ls="--")
     ax.set_xlabel("log10 |gamma| (BN scale)")
     ax.set_ylabel("epoch")

@@ -1,0 +1,181 @@
+"""`obbslim prune` end to end: load a checkpoint, slim it, save it, and report what changed.
+
+prune_report.md (beside the output): params, GFLOPs, checkpoint size and fp16 weight size before and
+after with % change, mAP before / right after pruning (with and without folding) when a dataset is
+given, and the per-layer widths; widths.png draws those widths as a before/after bar chart.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from obbslim.errors import ObbslimError
+
+
+def conv_widths(model: nn.Module) -> dict[str, int]:
+    """Output width of every conv outside the Detect head, by module name ('model.4.cv1')."""
+    head = f"model.{len(model.model) - 1}."
+    return {
+        name.removesuffix(".conv"): int(m.out_channels)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and not name.startswith(head)
+    }
+
+
+def fp16_bytes(model: nn.Module) -> int:
+    """Size of the weights stored as fp16 (parameters and float buffers), the deployed figure."""
+    n = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    return 2 * n
+
+
+def _pct(after: float, before: float) -> str:
+    return f"{100.0 * (after - before) / before:+.1f}%" if before else "n/a"
+
+
+def summarize(before: nn.Module, after: nn.Module, imgsz: int) -> dict[str, Any]:
+    from obbslim.model import model_info
+
+    b = model_info(before, imgsz=imgsz, print_fn=None)
+    a = model_info(after, imgsz=imgsz, print_fn=None)
+    return {
+        "imgsz": imgsz,
+        "params": [int(b["params"]), int(a["params"])],
+        "gflops": [float(b["gflops"]), float(a["gflops"])],
+        "fp16_bytes": [fp16_bytes(before), fp16_bytes(after)],
+        "widths": {k: [v, conv_widths(after).get(k, 0)] for k, v in conv_widths(before).items()},
+    }
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    lines = ["# Pruning report", ""]
+    if rep.get("weights"):
+        lines += [f"- source: `{rep['weights']}`", f"- output: `{rep.get('out', '')}`"]
+    st = rep.get("stats", {})
+    if st:
+        crit = f"{st['criterion']} {st['value']:g}"
+        lines.append(
+            f"- criterion: {crit}; global |gamma| threshold {st['threshold']:.4g}"
+            f" ({100 * st['gamma_below_threshold']:.1f}% of prunable BN scales at or below it)"
+        )
+        lines.append(
+            f"- {st['channels_removed']} channels removed in {st['groups_pruned']} of {st['groups']} coupled "
+            f"groups; folded into {st['folded_bn']} BN + {st['folded_bias']} biases"
+            f" ({st['not_folded']} consumers not folded)"
+        )
+    lines += ["", "| | before | after | change |", "|---|---:|---:|---:|"]
+    p0, p1 = rep["params"]
+    g0, g1 = rep["gflops"]
+    h0, h1 = rep["fp16_bytes"]
+    lines.append(f"| params | {p0 / 1e6:.3f}M | {p1 / 1e6:.3f}M | {_pct(p1, p0)} |")
+    lines.append(f"| GFLOPs at {rep['imgsz']} | {g0:.2f} | {g1:.2f} | {_pct(g1, g0)} |")
+    lines.append(f"| weights fp16 | {h0 / 2**20:.2f} MB | {h1 / 2**20:.2f} MB | {_pct(h1, h0)} |")
+    if rep.get("file_bytes"):
+        f0, f1 = rep["file_bytes"]
+        row = f"| {f0 / 2**20:.2f} MB | {f1 / 2**20:.2f} MB | {_pct(f1, f0)} |"
+        lines.append("| checkpoint file (as saved) " + row)
+    m = rep.get("mAP50")
+    if m:
+        lines += ["", "| mAP50 (VOC07, val) | value |", "|---|---:|"]
+        for k in ("before", "pruned_folded", "pruned_no_fold"):
+            if m.get(k) is not None:
+                lines.append(f"| {k.replace('_', ' ')} | {m[k]:.4f} |")
+    lines += ["", "## Per-layer widths", "", "| layer | before | after |", "|---|---:|---:|"]
+    for k, (w0, w1) in rep["widths"].items():
+        lines.append(f"| {k} | {w0} | {w1} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_widths(widths: dict[str, list[int]], path: str | Path) -> Path:
+    """Before/after output width of every conv as grouped bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(widths)
+    b = np.array([widths[k][0] for k in names])
+    a = np.array([widths[k][1] for k in names])
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(8, 0.22 * len(names)), 4))
+    ax.bar(x - 0.2, b, 0.4, label="before", color="#bbbbbb")
+    ax.bar(x + 0.2, a, 0.4, label="after", color="#1f77b4")
+    ax.set_xticks(x, names, rotation=90, fontsize=6)
+    ax.set_ylabel("output channels")
+    ax.set_title("conv widths before / after pruning")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _map50(model: nn.Module, data: Any, imgsz: int, batch: int, device: str) -> float:
+    from obbslim.data.dataset import build_dataloader
+    from obbslim.engine.validate import validate
+
+    loader = build_dataloader(data, "val", imgsz, batch, augment=False, workers=0)
+    return float(validate(model.to(device), loader, progress=False)["mAP50"])
+
+
+def prune_checkpoint(
+    weights: str | Path,
+    out: str | Path,
+    ratio: float | None = None,
+    threshold: float | None = None,
+    target_flops: float | None = None,
+    target_params: float | None = None,
+    round_to: int = 8,
+    min_channels: int = 8,
+    fold: bool = True,
+    imgsz: int = 640,
+    data: str | Path | dict | None = None,
+    batch: int = 8,
+    device: str = "cpu",
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Prune a checkpoint (its EMA weights when present) and write ``out`` (a regular obbslim
+    checkpoint: the pruned architecture record plus weights), prune_report.md and widths.png beside
+    it. With ``data``, mAP50 on the val split before, after pruning with folding and without."""
+    from obbslim.model import ckpt_to_model, read_checkpoint, save
+    from obbslim.prune.slim import prune
+
+    weights, out = Path(weights), Path(out)
+    ckpt = read_checkpoint(weights)
+    model = ckpt_to_model(ckpt, ema=True, source=weights).eval()
+    if out.resolve() == weights.resolve():
+        raise ObbslimError(f"--out {out} would overwrite the input checkpoint")
+    before = copy.deepcopy(model)
+    crit = dict(ratio=ratio, threshold=threshold, target_flops=target_flops, target_params=target_params)
+    opts = dict(crit, round_to=round_to, min_channels=min_channels, imgsz=imgsz)
+    maps: dict[str, float | None] = {}
+    if data is not None:
+        maps["before"] = _map50(before, data, imgsz, batch, device)
+        other = prune(copy.deepcopy(before), **opts, fold=not fold)
+        maps["pruned_no_fold" if fold else "pruned_folded"] = _map50(other, data, imgsz, batch, device)
+    pruned = prune(model, **opts, fold=fold)
+    if data is not None:
+        maps["pruned_folded" if fold else "pruned_no_fold"] = _map50(pruned, data, imgsz, batch, device)
+    pruned = pruned.cpu()
+    stats = dict(pruned.prune_stats)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"source": str(weights), "fold": bool(fold), **{k: v for k, v in stats.items() if v is not None}}
+    save(pruned, out, epoch=-1, hyp=ckpt.get("hyp"), metrics=None, pruned=record)
+    rep = summarize(before.cpu(), pruned, imgsz)
+    rep.update(weights=str(weights), out=str(out), stats=stats, mAP50=maps or None,
+               file_bytes=[weights.stat().st_size, out.stat().st_size])  # fmt: skip
+    text = format_report(rep)
+    from obbslim.utils.io import atomic_write_text
+
+    atomic_write_text(out.parent / "prune_report.md", text)
+    plot_widths(rep["widths"], out.parent / "widths.png")
+    rep["report"] = str(out.parent / "prune_report.md")
+    rep["plot"] = str(out.parent / "widths.png")
+    if verbose:
+        print(text)
+    return rep

@@ -1,0 +1,181 @@
+"""Sparsity training (network slimming): the L1 subgradient hook, its schedules, AMP independence,
+and the per-epoch statistics (results.csv columns, gamma_hist.png) of a tiny 2-epoch run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from obbslim.prune.sparsity import SparsityTraining, gamma_stats, prunable_bn_names, schedule_factor
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread avoids oversubscribing a shared small CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+FAST_HYP = {"warmup_epochs": 0.0, "nbs": 2, "mosaic": 0.0, "degrees": 0.0, "hsv_h": 0, "hsv_s": 0, "hsv_v": 0}
+
+
+def tiny_model():
+    from obbslim.model import build, load_spec
+
+    spec = load_spec("yolov5n-obb")
+    spec["width_multiple"] = 0.125
+    torch.manual_seed(0)
+    m = build(spec, nc=2)
+    for bn in m.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.weight.data.uniform_(-1, 1)
+            bn.bias.data.uniform_(-1, 1)
+    return m
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    from obbslim.data.synth import make_synthetic
+
+    dst = tmp_path_factory.mktemp("synth") / "ds"
+    return Path(make_synthetic(dst, n_images=6, size=96, seed=0, val_frac=0.34))
+
+
+def train_only(synth: Path) -> dict:
+    """The dataset without its val split (no validation: the fastest runs)."""
+    from obbslim.data.labels import load_data_yaml
+
+    d = load_data_yaml(synth)
+    return {"path": d["path"], "train": d["train"], "names": d["names"]}
+
+
+@pytest.fixture(scope="module")
+def tiny_spec(tmp_path_factory) -> Path:
+    from obbslim.model import load_spec
+
+    spec = load_spec("yolov5n-obb")
+    spec["width_multiple"] = 0.125
+    path = tmp_path_factory.mktemp("spec") / "tiny-obb.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize(
+    "schedule, values",
+    [
+        ("constant", [1.0, 1.0, 1.0, 1.0]),
+        ("linear", [1.0, 1 - 0.9 * 0.25, 0.55, 0.1]),
+        ("cosine", [1.0, 0.1 + 0.45 * (1 + math.sqrt(0.5)), 0.55, 0.1]),
+    ],
+)
+def test_schedule_values(schedule, values):
+    got = [schedule_factor(schedule, t) for t in (0.0, 0.25, 0.5, 1.0)]
+    assert got == pytest.approx(values, abs=1e-12)
+    assert schedule_factor(schedule, 2.0) == pytest.approx(values[-1])  # clamped past the end
+
+
+def test_unknown_schedule():
+    with pytest.raises(ValueError, match="unknown sparsity schedule"):
+        schedule_factor("step", 0.5)
+
+
+def test_prunable_bns_are_all_backbone_and_neck_bns():
+    m = tiny_model()
+    names = prunable_bn_names(m)
+    all_bn = [n for n, x in m.named_modules() if isinstance(x, nn.BatchNorm2d)]
+    assert names == all_bn and len(names) == 57  # the Detect convs have no BN
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_hook_adds_lambda_sign(bias):
+    m = tiny_model()
+    bns = [x for x in m.modules() if isinstance(x, nn.BatchNorm2d)]
+    bns[0].weight.data[:2] = 0.0  # sign(0) = 0: no push
+    g0 = {}
+    for p in m.parameters():
+        p.grad = torch.randn_like(p)
+        g0[p] = p.grad.clone()
+    sp = SparsityTraining(m, 1e-3, "linear", epochs=10, bias=bias)
+    sp.after_backward(m, 5.0)  # halfway: 0.55 lambda
+    lam = 1e-3 * 0.55
+    assert sp.current == pytest.approx(lam)
+    for bn in bns:
+        exp = g0[bn.weight] + lam * torch.sign(bn.weight.detach())
+        torch.testing.assert_close(bn.weight.grad, exp, rtol=0, atol=1e-7)
+        exp_b = g0[bn.bias] + (lam * torch.sign(bn.bias.detach()) if bias else 0)
+        torch.testing.assert_close(bn.bias.grad, exp_b, rtol=0, atol=1e-7)
+    assert torch.equal(bns[0].weight.grad[:2], g0[bns[0].weight][:2])
+    for conv in m.detect.m:  # untouched
+        assert torch.equal(conv.weight.grad, g0[conv.weight])
+
+
+def test_hook_after_amp_unscale_is_not_divided_by_the_scale():
+    """Through the engine's optimizer step with an enabled GradScaler (scale 1024): the BN scale moves by
+    exactly lr * lambda * sign(gamma), not that over the loss scale."""
+    from obbslim.engine.train import _step
+
+    m = tiny_model()
+    bn = m.model[0].bn
+    w0 = bn.weight.detach().clone()
+    opt = torch.optim.SGD(m.parameters(), lr=1.0, momentum=0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=True)
+    assert scaler.is_enabled()
+    loss = (bn.weight * 0.0).sum() + (m.model[1].conv.weight * 0.0).sum()
+    scaler.scale(loss).backward()
+    sp = SparsityTraining(m, 1e-3, "constant", epochs=1)
+    _step(m, opt, scaler, None, {"clip_grad_norm": 1e9}, sp.after_backward, 0.5)
+    torch.testing.assert_close(bn.weight.detach(), w0 - 1e-3 * torch.sign(w0), rtol=0, atol=1e-7)
+
+
+def test_gamma_stats():
+    m = tiny_model()
+    g = torch.cat([x.weight.detach().abs().reshape(-1) for x in m.modules() if isinstance(x, nn.BatchNorm2d)])
+    bns = [x for x in m.modules() if isinstance(x, nn.BatchNorm2d)]
+    bns[3].weight.data[:] = 1e-3
+    bns[4].weight.data[:5] = -5e-3
+    s = gamma_stats(m)
+    exp = torch.cat([x.weight.detach().abs().reshape(-1) for x in bns])
+    assert s["n_gamma"] == g.numel()
+    assert s["gamma_lt_1e-2"] == pytest.approx(float((exp < 1e-2).float().mean()))
+    assert s["gamma_lt_1e-2"] >= (bns[3].weight.numel() + 5) / g.numel()
+
+
+def test_two_epoch_run_logs_columns_plots_and_resumes(synth, tiny_spec, tmp_path):
+    """A 2-epoch linear-schedule run stopped after epoch 0 and resumed: the sparsity settings come
+    back from the checkpoint, results.csv has the lambda of each epoch and gamma_lt_1e-2,
+    gamma_hist.png is drawn."""
+    from obbslim.engine.runs import ResultsCSV
+    from obbslim.engine.train import train
+    from obbslim.model import read_checkpoint
+
+    lam = 0.05
+    common = dict(data=train_only(synth), model=str(tiny_spec), epochs=2, imgsz=64, batch=2, device="cpu",
+                  workers=0, hyp=FAST_HYP, project=tmp_path / "runs", verbose=False, noautoanchor=True)
+    r1 = train(**common, name="sp", stop_after=1, sparsity=lam, sparsity_schedule="linear", noplots=False)
+    run_dir = Path(r1["run_dir"])
+    args = yaml.safe_load((run_dir / "args.yaml").read_text())
+    assert args["sparsity"] == lam and args["sparsity_schedule"] == "linear"
+    r2 = train(resume=run_dir, device="cpu", workers=0, verbose=False)
+    assert r2["epochs_done"] == 2
+    rows = ResultsCSV(run_dir / "results.csv").read()
+    assert len(rows) == 2
+    lams = [float(r["sparsity_lambda"]) for r in rows]
+    assert lams == pytest.approx([lam * 0.55, lam * 0.1], rel=1e-4)  # factor at the end of each epoch
+    fr = [float(r["gamma_lt_1e-2"]) for r in rows]
+    assert all(0.0 <= f <= 1.0 for f in fr)
+    assert (run_dir / "gamma_hist.png").stat().st_size > 1000
+    ck = read_checkpoint(run_dir / "weights" / "last.pt")
+    n_gamma = sum(v.numel() for k, v in ck["model"].items() if k.endswith("bn.weight"))
+    hist = json.loads((run_dir / "gamma_hist.json").read_text())
+    assert [h["epoch"] for h in hist] == [0, 1]  # epoch 0 from the first call, 1 from the resumed one
+    assert [sum(h["counts"]) for h in hist] == [n_gamma, n_gamma]
+    assert ck["train_args"]["sparsity"] == lam
+
