@@ -322,3 +322,11 @@ def test_no_targets_only_objectness():
 def test_bad_box_loss_name():
     with pytest.raises(ValueError, match="box_loss"):
         OBBLoss(Head(), {"box_loss": "giou"})
+
+
+def test_ciou_of_identical_float32_boxes_is_finite():
+    # regression: alpha = v / (v - iou + 1 + eps) was 0/0 in float32 when 1 + eps rounded to 1
+    g = torch.Generator().manual_seed(0)
+    b = torch.cat([torch.rand(256, 2, generator=g) * 1000, torch.rand(256, 2, generator=g) * 200 + 0.5], 1)
+    c = bbox_ciou(b, b.clone())
+    assert torch.isfinite(c).all() and torch.allclose(c, torch.ones_like(c), atol=1e-3)  # float32 corners

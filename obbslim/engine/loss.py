@@ -90,7 +90,7 @@ def bbox_ciou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torc
     rho2 = (x2 - x1) ** 2 + (y2 - y1) ** 2
     v = (4 / math.pi**2) * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
     with torch.no_grad():
-        alpha = v / (v - iou + (1 + eps))
+        alpha = v / (v - iou + 1).clamp(min=eps)  # identical boxes: v = 0, iou = 1 -> 0, not 0/0
     return iou - (rho2 / c2 + v * alpha)
 
 
