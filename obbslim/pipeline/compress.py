@@ -353,7 +353,28 @@ class _Pipeline:
             project=d,
             exist_ok=True,
         )
+        from obbslim.distill import distill
         from obbslim.engine.train import train
+
+        def resume_train(last: str) -> dict:
+            return train(resume=last, device=o["device"], workers=o["workers"], verbose=o["verbose"])
+
+        def resume_distill(last: str) -> dict:
+            return distill(
+                resume=last, project=d, device=o["device"], workers=o["workers"], verbose=o["verbose"]
+            )
+
+        def training(stage: str, key: dict, cli: str, weights: str = "best", **args: Any) -> dict:
+            """One training stage: the same arguments make the call and the printed command."""
+            fn, again = (distill, resume_distill) if cli == "distill" else (train, resume_train)
+            return self._train_stage(
+                stage,
+                key,
+                lambda: fn(**args, project=d, name=stage, exist_ok=True, **common),
+                again,
+                _cmd(cli, **args, name=stage, **cli_common),
+                weights=weights,
+            )
 
         # 1. baseline (or the given teacher)
         if o["teacher"]:
@@ -372,29 +393,8 @@ class _Pipeline:
             self.log(f"compress: 1_baseline skipped, the teacher is {o['teacher']}")
         else:
             key = {"data": o["data"], "model": o["model"], "epochs": o["epochs_base"], **_key(common)}
-            base = self._train_stage(
-                "1_baseline",
-                key,
-                lambda: train(
-                    data=o["data"],
-                    model=o["model"],
-                    epochs=o["epochs_base"],
-                    project=d,
-                    name="1_baseline",
-                    exist_ok=True,
-                    **common,
-                ),
-                lambda last: train(
-                    resume=last, device=o["device"], workers=o["workers"], verbose=o["verbose"]
-                ),
-                _cmd(
-                    "train",
-                    data=o["data"],
-                    model=o["model"],
-                    epochs=o["epochs_base"],
-                    name="1_baseline",
-                    **cli_common,
-                ),
+            base = training(
+                "1_baseline", key, "train", data=o["data"], model=o["model"], epochs=o["epochs_base"]
             )
         base_w = base["outputs"]["weights"]
 
@@ -406,34 +406,17 @@ class _Pipeline:
             "schedule": o["sparsity_schedule"],
             **_key(common),
         }
-        sparse = self._train_stage(
+        sparse = training(
             "2_sparse",
             key,
-            lambda: train(
-                data=o["data"],
-                model=base_w,
-                epochs=o["epochs_sparse"],
-                project=d,
-                name="2_sparse",
-                exist_ok=True,
-                sparsity=o["sparsity"],
-                sparsity_schedule=o["sparsity_schedule"],
-                noautoanchor=True,
-                **common,
-            ),
-            lambda last: train(resume=last, device=o["device"], workers=o["workers"], verbose=o["verbose"]),
-            _cmd(
-                "train",
-                data=o["data"],
-                model=base_w,
-                epochs=o["epochs_sparse"],
-                name="2_sparse",
-                sparsity=o["sparsity"],
-                sparsity_schedule=o["sparsity_schedule"],
-                noautoanchor=True,
-                **cli_common,
-            ),
+            "train",
             weights="last",
+            data=o["data"],
+            model=base_w,
+            epochs=o["epochs_sparse"],
+            sparsity=o["sparsity"],
+            sparsity_schedule=o["sparsity_schedule"],
+            noautoanchor=True,
         )
         sparse_w = sparse["outputs"]["weights"]
 
@@ -477,61 +460,26 @@ class _Pipeline:
         pruned = self._stage("3_prune", key, prune_body)
 
         # 4. fine-tuning of the pruned model, with distillation from the baseline and without (ablation)
-        from obbslim.distill import distill
-
         key = {"pruned": pruned["id"], "teacher": base["id"], "epochs": o["epochs_distill"], **_key(common)}
-        distilled = self._train_stage(
+        distilled = training(
             "4_distill",
             key,
-            lambda: distill(
-                student=str(pruned_w),
-                teacher=base_w,
-                data=o["data"],
-                epochs=o["epochs_distill"],
-                project=d,
-                name="4_distill",
-                exist_ok=True,
-                noautoanchor=True,
-                **common,
-            ),
-            lambda last: distill(
-                resume=last, project=d, device=o["device"], workers=o["workers"], verbose=o["verbose"]
-            ),
-            _cmd(
-                "distill",
-                student=pruned_w,
-                teacher=base_w,
-                data=o["data"],
-                epochs=o["epochs_distill"],
-                name="4_distill",
-                noautoanchor=True,
-                **cli_common,
-            ),
+            "distill",
+            student=str(pruned_w),
+            teacher=base_w,
+            data=o["data"],
+            epochs=o["epochs_distill"],
+            noautoanchor=True,
         )
         key = {"pruned": pruned["id"], "epochs": o["epochs_distill"], **_key(common)}
-        finetuned = self._train_stage(
+        finetuned = training(
             "4_finetune",
             key,
-            lambda: train(
-                data=o["data"],
-                model=str(pruned_w),
-                epochs=o["epochs_distill"],
-                project=d,
-                name="4_finetune",
-                exist_ok=True,
-                noautoanchor=True,
-                **common,
-            ),
-            lambda last: train(resume=last, device=o["device"], workers=o["workers"], verbose=o["verbose"]),
-            _cmd(
-                "train",
-                data=o["data"],
-                model=pruned_w,
-                epochs=o["epochs_distill"],
-                name="4_finetune",
-                noautoanchor=True,
-                **cli_common,
-            ),
+            "train",
+            data=o["data"],
+            model=str(pruned_w),
+            epochs=o["epochs_distill"],
+            noautoanchor=True,
         )
 
         # 5. the comparison table
