@@ -21,7 +21,11 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="obbslim", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="obbslim",
+        description="Oriented-object YOLOv5 for aerial images, made small by network slimming and "
+        "knowledge distillation. One subcommand per step; `obbslim COMMAND --help` for its options.",
+    )
     parser.add_argument("--version", action="version", version=f"obbslim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
