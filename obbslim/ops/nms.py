@@ -52,6 +52,15 @@ def _grid_keys(r: torch.Tensor, rad: torch.Tensor, groups: torch.Tensor) -> tupl
     return (groups.long() * (int(gy.max()) + 2) + gy) * Wg + gx, Wg
 
 
+def _sorted_grid(r: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Circumscribed radius, area and grid key of each box, the row stride, and the keys sorted."""
+    w, h = r[:, 2].abs(), r[:, 3].abs()
+    rad = 0.5 * torch.sqrt(w * w + h * h)
+    key, Wg = _grid_keys(r, rad, groups)
+    skey, order = torch.sort(key)
+    return rad, w * h, key, Wg, skey, order
+
+
 def _candidate_pairs(
     r: torch.Tensor, groups: torch.Tensor, iou_thr: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,10 +73,7 @@ def _candidate_pairs(
     """
     dev = r.device
     N = r.shape[0]
-    w, h = r[:, 2].abs(), r[:, 3].abs()
-    rad = 0.5 * torch.sqrt(w * w + h * h)
-    key, Wg = _grid_keys(r, rad, groups)
-    skey, order = torch.sort(key)
+    rad, area, key, Wg, skey, order = _sorted_grid(r, groups)
     # per sorted position p: range A = [p + 1, end of the right cell), range B = next row's 3 cells
     a_lo = torch.arange(1, N + 1, device=dev)
     a_hi = torch.searchsorted(skey, skey + 1, right=True)
@@ -79,7 +85,7 @@ def _candidate_pairs(
     # box properties in sorted order, so that the gathers below read nearby memory
     sx, sy = r[order, 0], r[order, 1]
     srad = rad[order]
-    sarea = (w * h)[order]
+    sarea = area[order]
     srcs, dsts = [], []
     csum = counts.cumsum(0)
     total = int(csum[-1]) if N else 0
@@ -209,10 +215,7 @@ def _grid_greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float) -> torch
     """
     dev = r.device
     N = r.shape[0]
-    w, h = r[:, 2].abs(), r[:, 3].abs()
-    rad = 0.5 * torch.sqrt(w * w + h * h)
-    key, Wg = _grid_keys(r, rad, groups)
-    skey, order = torch.sort(key)
+    rad, area, key, Wg, skey, order = _sorted_grid(r, groups)
     ukey, counts = torch.unique_consecutive(skey, return_counts=True)
     C = ukey.numel()
     ptr = torch.zeros(C + 2, dtype=torch.long, device=dev)  # cell C is an empty sentinel
@@ -224,7 +227,6 @@ def _grid_greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float) -> torch
     nk = key[:, None] + off  # [N, 9] neighbour keys
     ni = torch.searchsorted(ukey, nk).clamp_max(C - 1)
     nbr = torch.where(ukey[ni] == nk, ni, torch.full_like(ni, C))  # [N, 9] cell ids, C if empty
-    area = w * h
     boxes = _Boxes(r)
     state = torch.zeros(N, dtype=torch.int8, device=dev)  # 0 undecided, 1 kept, 2 removed
     idx = torch.arange(N, device=dev)
