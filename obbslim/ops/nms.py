@@ -4,13 +4,13 @@ Same result as the textbook loop (take the best remaining box, drop every box wh
 > iou_thr; ties in score keep input order), computed in vectorised rounds over all boxes at once:
 
 1. a uniform grid with cells as wide as the largest circumscribed-circle diameter: a box can only be
-   suppressed by boxes in its 3x3 cells. Each round keeps every undecided box that is the best
-   undecided box of its 3x3 cells (nobody left can suppress it) and tests it at once against the
-   undecided boxes there, removing those with IoU > iou_thr. Only kept-vs-undecided pairs are
-   tested, and a round tests at most 9 N pairs (kept boxes of one round are never neighbours).
+   suppressed by boxes in its 3x3 cells. Each round takes the best undecided box of every cell and
+   keeps it unless a better undecided box in its 3x3 cells could still suppress it (circles overlap
+   and areas allow IoU > iou_thr); each kept box is tested at once against the worse undecided boxes
+   there, removing those with IoU > iou_thr. A round tests at most 9 N pairs (one box per cell).
 2. each test first applies the circumscribed-circle distance and min(area)/max(area) > iou_thr, then
-   cheap rigorous IoU bounds (projection overlap above, inscribed rectangle below), and runs the
-   exact clipping of obbslim.ops.iou only when the bounds straddle iou_thr.
+   cheap rigorous IoU bounds (projection overlap above, inscribed rectangle below), and computes the
+   exact intersection (_rect_inter, rectangle by rectangle) only when the bounds straddle iou_thr.
 3. long decision chains (more than _GRID_ROUNDS rounds, or rounds that decide under 30% of the
    undecided boxes, typical of spread-out boxes) go to a candidate-pair method: all pairs
    that pass the circle test (built in chunks from the grid), resolved lazily in rounds, and finally
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from obbslim.ops.boxes import _as_tensor
-from obbslim.ops.iou import CHUNK_PAIRS, THIN, _pairs_iou, _rel_rbox
+from obbslim.ops.iou import CHUNK_PAIRS, THIN
 
 __all__ = ["nms_rotated", "batched_nms_rotated"]
 
@@ -119,11 +119,13 @@ class _Boxes:
     """Per-box quantities for IoU bounds and exact IoU of pairs (boxes in score order)."""
 
     def __init__(self, r: torch.Tensor) -> None:
-        self.cen, self.poly = _rel_rbox(r)
-        self.hw, self.hh = 0.5 * r[:, 2].abs(), 0.5 * r[:, 3].abs()
-        self.cos, self.sin = torch.cos(r[:, 4]), torch.sin(r[:, 4])
-        self.area = 4 * self.hw * self.hh
-        self.thin = self.area <= THIN * 4 * (self.hw**2 + self.hh**2)  # rbox_iou's degenerate rule
+        hw, hh = 0.5 * r[:, 2].abs(), 0.5 * r[:, 3].abs()
+        area = 4 * hw * hh
+        thin = area <= THIN * 4 * (hw**2 + hh**2)  # rbox_iou's degenerate rule
+        # one row per box, so that a pair's quantities come from two gathers
+        self.props = torch.stack(
+            (r[:, 0], r[:, 1], hw, hh, torch.cos(r[:, 4]), torch.sin(r[:, 4]), area, thin), 1
+        )
         self.margin = 1000 * torch.finfo(r.dtype).eps
 
     def suppress(self, i: torch.Tensor, j: torch.Tensor, iou_thr: float) -> torch.Tensor:
@@ -132,13 +134,13 @@ class _Boxes:
         Upper bound: the overlap of the projections on each box's axes (separating-axis extents).
         Lower bound: the overlap of each box with a rectangle inscribed in the other, aligned to the first.
         """
-        ci, si, cj, sj = self.cos[i], self.sin[i], self.cos[j], self.sin[j]
-        c = (ci * cj + si * sj).abs()  # |cos| and |sin| of the angle between the boxes
-        s = (ci * sj - si * cj).abs()
-        aw, ah, bw, bh = self.hw[i], self.hh[i], self.hw[j], self.hh[j]
-        d = self.cen[j] - self.cen[i]
-        du, dv = d[:, 0] * ci + d[:, 1] * si, d[:, 1] * ci - d[:, 0] * si  # j's centre in i's frame
-        eu, ev = -(d[:, 0] * cj + d[:, 1] * sj), d[:, 0] * sj - d[:, 1] * cj  # i's centre in j's frame
+        xi, yi, aw, ah, ci, si, ai, ti = self.props.index_select(0, i).unbind(1)
+        xj, yj, bw, bh, cj, sj, aj, tj = self.props.index_select(0, j).unbind(1)
+        cs, ss = ci * cj + si * sj, ci * sj - si * cj  # cos and sin of the angle from i to j
+        c, s = cs.abs(), ss.abs()
+        dx, dy = xj - xi, yj - yi
+        du, dv = dx * ci + dy * si, dy * ci - dx * si  # j's centre in i's frame
+        eu, ev = -(dx * cj + dy * sj), dx * sj - dy * cj  # i's centre in j's frame
 
         def ovl(x: torch.Tensor, e: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
             return (torch.minimum(a, x + e) - torch.maximum(-a, x - e)).clamp_min(0)
@@ -157,18 +159,79 @@ class _Boxes:
         lower = torch.maximum(
             ovl(du, kb * bw, aw) * ovl(dv, kb * bh, ah), ovl(eu, ka * aw, bw) * ovl(ev, ka * ah, bh)
         )
-        ai, aj = self.area[i], self.area[j]
         upper = torch.minimum(upper, torch.minimum(ai, aj))
         iou_hi = upper / (ai + aj - upper).clamp_min(torch.finfo(ai.dtype).tiny)
         iou_lo = lower / (ai + aj - lower).clamp_min(torch.finfo(ai.dtype).tiny)
-        never = (iou_hi < iou_thr - self.margin) | self.thin[i] | self.thin[j]
+        never = (iou_hi < iou_thr - self.margin) | (ti + tj > 0)
         sure = (iou_lo > iou_thr + self.margin) & ~never
         out = sure.clone()
         k = (~(sure | never)).nonzero().squeeze(1)
         if k.numel():
-            ik, jk = i[k], j[k]
-            out[k] = _pairs_iou(self.cen[ik], self.poly[ik], self.cen[jk], self.poly[jk]) > iou_thr
+            # in float64: these pairs are few, and float32 rounding would decide those near iou_thr
+            q = torch.stack((du, dv, cs, ss, aw, ah, bw, bh, ai, aj), 1).index_select(0, k).double()
+            inter = torch.cat([_rect_inter(*part.unbind(1)[:8]) for part in q.split(CHUNK_PAIRS)])
+            ak, bk = q[:, 8], q[:, 9]
+            out[k] = inter > iou_thr * (ak + bk - inter)
         return out
+
+
+def _rect_inter(
+    du: torch.Tensor,
+    dv: torch.Tensor,
+    c: torch.Tensor,
+    s: torch.Tensor,
+    aw: torch.Tensor,
+    ah: torch.Tensor,
+    bw: torch.Tensor,
+    bh: torch.Tensor,
+) -> torch.Tensor:
+    """Exact intersection area of rectangle pairs, in the frame of the first: A = [-aw, aw] x [-ah, ah]
+    and B centred at (du, dv) with half sizes (bw, bh), its long axis at (c, s) = (cos, sin).
+
+    The intersection polygon's vertices are the ends of B's edges clipped to A (Liang-Barsky) and A's
+    corners inside B; they are put in order by a pseudo-angle around their mean. This takes far fewer
+    tensor ops than the general quad clipping of obbslim.ops.iou, and NMS calls it once a round.
+    A is widened by a few ulps to decide which edges touch it, so that identical boxes and shared edges
+    lose nothing to rounding; the clipped ends are then put back onto A itself.
+    """
+    dt, dev = du.dtype, du.device
+    sg = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]], dtype=dt, device=dev)
+    tol = (64 * torch.finfo(dt).eps * (aw + ah + bw + bh))[:, None]
+    half = torch.stack((aw, ah), -1)[:, None]  # [P,1,2]
+    cen = torch.stack((du, dv), -1)[:, None]
+    u = torch.stack((c, s), -1)[:, None]
+    v = torch.stack((-s, c), -1)[:, None]
+    p = cen + sg[:, :1] * bw[:, None, None] * u + sg[:, 1:] * bh[:, None, None] * v  # B's corners [P,4,2]
+    d = p.roll(-1, 1) - p  # B's edges p -> p + d
+    # Liang-Barsky: the parameter range of each edge inside the widened A, per axis, then intersected
+    hi = half + tol[..., None]
+    flat = d.abs() <= torch.finfo(dt).tiny  # an edge parallel to that axis: all in or all out
+    dd = torch.where(flat, torch.ones_like(d), d)
+    t_a, t_b = (-hi - p) / dd, (hi - p) / dd
+    out = torch.where(p.abs() <= hi, float("-inf"), float("inf"))
+    t0 = torch.where(flat, out, torch.minimum(t_a, t_b)).amax(-1).clamp_min(0)
+    t1 = torch.where(flat, -out, torch.maximum(t_a, t_b)).amin(-1).clamp_max(1)
+    on_edge = t0 <= t1
+    t0, t1 = torch.where(on_edge, t0, 0), torch.where(on_edge, t1, 0)  # (no inf * 0 below)
+    # A's corners inside B (in B's frame)
+    qa = sg * half
+    rel = qa - cen
+    a_in_b = ((rel * u).sum(-1).abs() <= bw[:, None] + tol) & ((rel * v).sum(-1).abs() <= bh[:, None] + tol)
+    ends = torch.cat((p + t0[..., None] * d, p + t1[..., None] * d), 1)
+    ends = torch.minimum(torch.maximum(ends, -half), half)  # back onto A, off its widened border
+    pts = torch.cat((ends, qa), 1)  # [P,12,2]
+    valid = torch.cat((on_edge, on_edge, a_in_b), 1)
+    w = valid.to(dt)
+    mid = (pts * w[..., None]).sum(1, keepdim=True) / w.sum(1)[:, None, None].clamp_min(1)
+    pts = pts - mid
+    x, y = pts.unbind(-1)
+    ang = y / (x.abs() + y.abs()).clamp_min(torch.finfo(dt).tiny)  # a pseudo-angle: monotonic, no atan2
+    ang = torch.where(valid, torch.where(x < 0, 2 - ang, ang), torch.full_like(w, 4.0))
+    o = ang.argsort(1)
+    pts = pts.gather(1, o[..., None].expand(-1, -1, 2))
+    pts = torch.where(valid.gather(1, o)[..., None], pts, pts[:, :1])  # unused slots repeat vertex 0
+    nxt = pts.roll(-1, 1)
+    return (0.5 * (pts[..., 0] * nxt[..., 1] - pts[..., 1] * nxt[..., 0]).sum(1)).clamp_min(0)
 
 
 def _lazy_greedy(r: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, iou_thr: float) -> torch.Tensor:
@@ -207,11 +270,10 @@ def _grid_greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float) -> torch
     """Greedy keep mask [N] (boxes in score order) without building the candidate-pair list.
 
     Grid cells are as wide as the largest circumscribed-circle diameter, so a box can only be
-    suppressed by boxes in its 3x3 cells. Each round, every undecided box that is the best undecided
-    box of its 3x3 cells is kept (no one left who could suppress it) and is tested at once against the
-    undecided boxes of its 3x3 cells, removing those with IoU > iou_thr. Boxes kept in one round are
-    never neighbours, so a round tests at most 9 N pairs. After _GRID_ROUNDS the remaining undecided
-    boxes are resolved by the candidate-pair method.
+    suppressed by boxes in its 3x3 cells. Each round, the best undecided box of each cell is kept when
+    no better undecided box there could suppress it, and is tested at once against the worse
+    undecided boxes of its 3x3 cells, removing those with IoU > iou_thr. After _GRID_ROUNDS the
+    remaining undecided boxes are resolved by the candidate-pair method.
     """
     dev = r.device
     N = r.shape[0]
@@ -228,6 +290,7 @@ def _grid_greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float) -> torch
     ni = torch.searchsorted(ukey, nk).clamp_max(C - 1)
     nbr = torch.where(ukey[ni] == nk, ni, torch.full_like(ni, C))  # [N, 9] cell ids, C if empty
     boxes = _Boxes(r)
+    geo = torch.stack((r[:, 0], r[:, 1], rad, area), 1)
     state = torch.zeros(N, dtype=torch.int8, device=dev)  # 0 undecided, 1 kept, 2 removed
     idx = torch.arange(N, device=dev)
     prev = None
@@ -240,21 +303,26 @@ def _grid_greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float) -> torch
         prev = und.numel()
         cmin = torch.full((C + 1,), N, dtype=torch.long, device=dev)
         cmin.scatter_reduce_(0, cell_of[und], und, "amin")
-        ready = und[cmin[nbr[und]].amin(1) >= und]
-        state[ready] = 1
-        cells = nbr[ready].reshape(-1)
+        cand = cmin[:C]
+        cand = cand[cand < N]  # the best undecided box of each cell
+        cells = nbr[cand].reshape(-1)
         start = ptr[cells]
         cnt = ptr[cells + 1] - start
         n = int(cnt.sum())
-        if n == 0:
-            continue
-        i = ready.repeat_interleave(9).repeat_interleave(cnt, output_size=n)
+        i = cand.repeat_interleave(9).repeat_interleave(cnt, output_size=n)
         first = cnt.cumsum(0) - cnt
         j = order[torch.arange(n, device=dev) + (start - first).repeat_interleave(cnt, output_size=n)]
-        d2 = (r[i, 0] - r[j, 0]) ** 2 + (r[i, 1] - r[j, 1]) ** 2
-        ai, aj = area[i], area[j]
-        m = (j > i) & (state[j] == 0) & (d2 < (rad[i] + rad[j]) ** 2)
+        # undecided neighbours that could suppress the candidate or be suppressed by it
+        xi, yi, ri, ai = geo.index_select(0, i).unbind(1)
+        xj, yj, rj, aj = geo.index_select(0, j).unbind(1)
+        m = (j != i) & (state.index_select(0, j) == 0) & ((xi - xj) ** 2 + (yi - yj) ** 2 < (ri + rj) ** 2)
         m = m & (torch.minimum(ai, aj) > iou_thr * torch.maximum(ai, aj))
+        i, j = i[m], j[m]
+        blocked = torch.zeros(N, dtype=torch.bool, device=dev)
+        blocked[i[j < i]] = True  # a better undecided box may still suppress it
+        ready = cand[~blocked[cand]]
+        state[ready] = 1
+        m = (j > i) & ~blocked[i]
         i, j = i[m], j[m]
         if i.numel():
             state[j[boxes.suppress(i, j, iou_thr)]] = 2
