@@ -168,6 +168,7 @@ def test_teacher_skips_the_baseline(full, synth, tmp_path):
         (dict(prune_ratio=1.5), "--prune-ratio 1.5 must be in (0, 1)"),
         (dict(epochs_sparse=0), "--epochs-sparse must be at least 1"),
         (dict(teacher="nope.pt"), "--teacher nope.pt: file not found"),
+        (dict(sparsity_weighting="params"), "--sparsity-weighting 'params': use none or flops"),
     ],
 )
 def test_bad_arguments(synth, tmp_path, kw, msg):
@@ -194,6 +195,9 @@ def test_cli_parsers():
     p = build_parser()
     a = p.parse_args(["compress", "--data", "d.yaml", "--target-flops", "0.4", "--resume"])
     assert a.target_flops == 0.4 and a.prune_ratio is None and a.resume is True
+    assert a.sparsity_weighting == "none"
+    a = p.parse_args(["compress", "--data", "d", "--prune-ratio", "0.5", "--sparsity-weighting", "flops"])
+    assert a.sparsity_weighting == "flops"
     d = p.parse_args(["demo", "--out", "x", "--device", "cpu"])
     assert d.out == "x" and d.func.__module__ == "obbslim.cli.demo"
 

@@ -161,14 +161,25 @@ def test_threshold_widths_match_reference(base, mn, rt):
     check_consistent(base, m, torch.rand(1, 3, 64, 64))
 
 
-def test_ratio_is_a_global_percentile(base):
-    m = prune(copy.deepcopy(base), ratio=0.5, min_channels=1, round_to=1, imgsz=64)
-    thr = float(np.quantile(all_abs_gammas(base), 0.5))
-    assert m.prune_stats["threshold"] == pytest.approx(thr, rel=1e-5)
-    assert widths(m) == expected_widths(base, thr, 1, 1)
-    # the residual max-rule keeps a little more than half the channels overall
-    kept = sum(widths(m).values()) / sum(widths(base).values())
-    assert 0.5 <= kept < 0.65
+def removed(before: OBBModel, kept: dict[str, int]) -> float:
+    orig = widths(before)
+    return 1 - sum(kept.values()) / sum(orig.values())
+
+
+@pytest.mark.parametrize("ratio, mn, rt", [(0.5, 1, 1), (0.5, 8, 8), (0.3, 4, 3)])
+def test_ratio_removes_that_fraction_of_channels(base, ratio, mn, rt):
+    # ratio = the fraction of conv output channels removed once the residual max-rule, min-channels
+    # and round-to have acted, with the least pruning that reaches it: brute force over thresholds
+    scores = np.unique(all_abs_gammas(base))
+    ref_thr = next(t for t in scores if removed(base, expected_widths(base, t, mn, rt)) >= ratio)
+    m = prune(copy.deepcopy(base), ratio=ratio, min_channels=mn, round_to=rt, imgsz=64)
+    assert widths(m) == expected_widths(base, ref_thr, mn, rt)
+    frac = removed(base, widths(m))
+    assert frac >= ratio and m.prune_stats["channels_removed_fraction"] == pytest.approx(frac)
+    # the global |gamma| percentile (network slimming's definition) would remove less than asked,
+    # because the residual max-rule and round-to keep channels back
+    pct = float(np.quantile(all_abs_gammas(base), ratio))
+    assert removed(base, expected_widths(base, pct, mn, rt)) < ratio
     check_consistent(base, m, torch.rand(1, 3, 96, 96))
 
 

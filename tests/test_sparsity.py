@@ -12,7 +12,13 @@ import torch
 import yaml
 from torch import nn
 
-from obbslim.prune.sparsity import SparsityTraining, gamma_stats, prunable_bn_names, schedule_factor
+from obbslim.prune.sparsity import (
+    SparsityTraining,
+    flops_weights,
+    gamma_stats,
+    prunable_bn_names,
+    schedule_factor,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -117,6 +123,37 @@ def test_hook_adds_lambda_sign(bias):
         assert torch.equal(conv.weight.grad, g0[conv.weight])
 
 
+def test_flops_weights_are_the_hand_computed_channel_costs():
+    """One channel's multiply-adds, produced and read, against the spec: model.0 (6x6 stride-2 conv of
+    3 inputs, at S/2) feeds model.1 (3x3 stride 2, at S/4); model.1 feeds C3 model.2's two 1x1 convs;
+    model.2's residual group (1x1 cv1 + the bottleneck's 3x3 cv2) feeds the bottleneck's cv1 and cv3
+    (both 1x1). Weights average 1 over the channels."""
+    m = tiny_model()
+    w = flops_weights(m, imgsz=128)
+    q = (128 / 4) ** 2  # stride-4 map
+    c0, c1 = m.model[0].conv.out_channels, m.model[1].conv.out_channels
+    c3 = m.model[2]
+    cost0 = 6 * 6 * 3 * 4 * q + 9 * c1 * q
+    cost1 = 9 * c0 * q + (c3.cv1.conv.out_channels + c3.cv2.conv.out_channels) * q
+    hid = c3.cv1.conv.out_channels
+    cost2 = (c1 + 9 * hid) * q + (hid + c3.cv3.conv.out_channels) * q  # producers + readers
+    assert w["model.0.bn"] / w["model.1.bn"] == pytest.approx(cost0 / cost1, rel=1e-9)
+    assert w["model.2.cv1.bn"] / w["model.1.bn"] == pytest.approx(cost2 / cost1, rel=1e-9)
+    assert w["model.2.m.0.cv2.bn"] == w["model.2.cv1.bn"]  # one residual group, one cost
+    assert flops_weights(m, imgsz=64) == pytest.approx(w, rel=1e-9)  # no dependence on the size
+    n = {k: x.num_features for k, x in m.named_modules() if isinstance(x, nn.BatchNorm2d)}
+    assert sum(w[k] * n[k] for k in w) / sum(n[k] for k in w) == pytest.approx(1.0)
+    # the hook pushes each BN by its own weight
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)
+    SparsityTraining(m, 1e-3, "constant", weighting="flops").after_backward(m, 0.0)
+    for k in ("model.0.bn", "model.8.cv1.bn"):
+        bn = dict(m.named_modules())[k]
+        torch.testing.assert_close(bn.weight.grad, 1e-3 * w[k] * torch.sign(bn.weight.detach()))
+    with pytest.raises(ValueError, match="weighting"):
+        SparsityTraining(m, 1e-3, weighting="params")
+
+
 def test_hook_after_amp_unscale_is_not_divided_by_the_scale():
     """Through the engine's optimizer step with an enabled GradScaler (scale 1024): the BN scale moves by
     exactly lr * lambda * sign(gamma), not that over the loss scale."""
@@ -179,3 +216,35 @@ def test_two_epoch_run_logs_columns_plots_and_resumes(synth, tiny_spec, tmp_path
     assert [sum(h["counts"]) for h in hist] == [n_gamma, n_gamma]
     assert ck["train_args"]["sparsity"] == lam
 
+
+
+def test_time_limited_run_ends_the_lambda_schedule_with_the_run(synth, tiny_spec, tmp_path, monkeypatch):
+    """With --time the epoch count is re-estimated after each epoch; the lambda schedule follows it, as
+    the lr does, so a linear schedule still reaches 0.1 lambda in the last epoch. A fake clock in the
+    trainer (1 s per reading) makes the estimate deterministic."""
+    import time as real_time
+
+    import obbslim.engine.train as train_mod
+    from obbslim.engine.runs import ResultsCSV
+
+    class Clock:
+        now = 0.0
+
+        def time(self) -> float:
+            self.now += 1.0
+            return self.now
+
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+
+    clock = Clock()
+    monkeypatch.setattr(train_mod, "time", clock)
+    lam = 0.05
+    r = train_mod.train(data=train_only(synth), model=str(tiny_spec), epochs=1000, imgsz=64, batch=2,
+                        device="cpu", workers=0, hyp=FAST_HYP, project=tmp_path / "runs", verbose=False,
+                        noautoanchor=True, noval=True, name="t", sparsity=lam, sparsity_schedule="linear",
+                        time_limit=12 / 3600)  # fmt: skip
+    n = r["epochs_done"]
+    assert 2 <= n < 1000  # the clock ran out after a few epochs
+    rows = ResultsCSV(Path(r["run_dir"]) / "results.csv").read()
+    assert float(rows[-1]["sparsity_lambda"]) == pytest.approx(0.1 * lam, rel=1e-6)

@@ -29,6 +29,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epochs-distill", type=int, default=50, help="epochs of distillation and of fine-tuning")
     p.add_argument("--sparsity", type=float, default=1e-3, metavar="LAMBDA", help="L1 on the BN scales")
     p.add_argument("--sparsity-schedule", choices=("constant", "linear", "cosine"), default="constant")
+    p.add_argument("--sparsity-weighting", choices=("none", "flops"), default="none",
+                   help="flops: scale each layer's LAMBDA by the FLOPs of one of its channels")  # fmt: skip
     p.add_argument("--imgsz", type=int, default=640, help="training / validation / benchmark image size")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--device", default="", help="cpu, 0 (default: GPU 0 if available)")

@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--weights", required=True, help="checkpoint .pt (its EMA weights are pruned)")
     crit = p.add_mutually_exclusive_group(required=True)
-    crit.add_argument("--ratio", type=float, help="fraction of the prunable BN channels below the threshold")
+    crit.add_argument("--ratio", type=float, help="fraction of the prunable BN channels removed")
     crit.add_argument("--threshold", type=float, help="prune channels whose |gamma| is at or below this")
     crit.add_argument("--target-flops", type=float, help="keep this fraction of the GFLOPs (bisection)")
     crit.add_argument("--target-params", type=float, help="keep this fraction of the parameters (bisection)")

@@ -55,6 +55,9 @@ def add_train_arguments(p: argparse.ArgumentParser, model: bool = True) -> None:
     p.add_argument("--sparsity-schedule", choices=("constant", "linear", "cosine"), default="constant",
                    help="decay of LAMBDA over training (linear/cosine end at 0.1 LAMBDA)")
     p.add_argument("--sparsity-bias", action="store_true", help="also L1 on the BN shifts (beta)")
+    p.add_argument("--sparsity-weighting", choices=("none", "flops"), default="none",
+                   help="flops: scale each layer's LAMBDA by the FLOPs one of its channels costs (mean 1), "
+                        "so that pruning a channel ratio removes more FLOPs")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

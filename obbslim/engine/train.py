@@ -15,8 +15,9 @@ Two hooks let later stages change training without touching this file:
   with the run's arguments so a resumed run can rebuild the extra loss.
 - ``on_epoch_end(model, epoch) -> {column: value}`` adds columns to results.csv (rank 0).
 
-``sparsity`` (lambda), ``sparsity_schedule`` and ``sparsity_bias`` turn on network slimming's L1 on the
-BN scales (obbslim.prune.sparsity) through these hooks; being options, resume keeps them.
+``sparsity`` (lambda), ``sparsity_schedule``, ``sparsity_bias`` and ``sparsity_weighting`` turn on
+network slimming's L1 on the BN scales (obbslim.prune.sparsity) through these hooks; being options,
+resume keeps them.
 
 Epochs are 0-based in the progress bar, results.csv and checkpoints (``ckpt['epoch']`` is the last
 completed epoch, -1 for none), as in YOLOv5.
@@ -92,6 +93,7 @@ def train(
     sparsity: float = 0.0,
     sparsity_schedule: str = "constant",
     sparsity_bias: bool = False,
+    sparsity_weighting: str = "none",
     after_backward: Callable[[torch.nn.Module, float], None] | None = None,
     extra_loss: Callable[[list, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]] | None = None,
     extra_args: dict | None = None,
@@ -219,8 +221,9 @@ def _train(
         elapsed0 = float(ckpt.get("train_time", 0.0))
         set_rng_state(ckpt["rng"])
     criterion = OBBLoss(net, scale_gains(hyp, net.detect.nl, len(names), imgsz))
+    sparsity = None
     if opts.get("sparsity"):  # network slimming: L1 on the BN scales (stored in train_args: resume keeps it)
-        after_backward, on_epoch_end = _with_sparsity(
+        sparsity, after_backward, on_epoch_end = _with_sparsity(
             opts, net, epochs, save_dir, main, after_backward, on_epoch_end
         )
     if opts["sync_bn"] and info.enabled and cuda:
@@ -403,6 +406,8 @@ def _train(
             epochs = epoch + 1 + int(max(opts["time_limit"] * 3600 - (time.time() - t0), 0) // per)
             epochs = int(ddp.broadcast_value(float(epochs), info, dev))
             lf = lr_lambda(epochs, hyp["lrf"], hyp.get("lr_schedule", "cosine"))
+            if sparsity is not None:
+                sparsity.epochs = epochs  # the lambda schedule spans the same estimate as the lr
         chunk_done = bool(opts["stop_after"]) and epoch + 1 - start_epoch >= opts["stop_after"]
         final = epoch + 1 >= epochs or chunk_done
         stop_code = 0.0
@@ -490,7 +495,7 @@ def _step(net, optimizer, scaler, ema, hyp: dict, after_backward, epoch_frac: fl
 
 def _with_sparsity(opts: dict, net, epochs: int, save_dir: Path, main: bool, after_backward, on_epoch_end):
     """Chain the sparsity hook and its statistics (gamma_lt_1e-2, lambda, gamma_hist.png) with the caller's
-    hooks."""
+    hooks. Returns the SparsityTraining (its ``epochs`` follows a time limit) and the two hooks."""
     from obbslim.prune.sparsity import SparsityTraining
 
     sp = SparsityTraining(
@@ -500,6 +505,7 @@ def _with_sparsity(opts: dict, net, epochs: int, save_dir: Path, main: bool, aft
         epochs,
         bool(opts.get("sparsity_bias")),
         run_dir=save_dir if main and not opts["noplots"] else None,
+        weighting=opts.get("sparsity_weighting") or "none",
     )
 
     def backward_hook(model, epoch_frac):
@@ -511,7 +517,7 @@ def _with_sparsity(opts: dict, net, epochs: int, save_dir: Path, main: bool, aft
         cols = sp.on_epoch_end(model, epoch)
         return {**cols, **(on_epoch_end(model, epoch) if on_epoch_end is not None else {})}
 
-    return backward_hook, epoch_hook
+    return sp, backward_hook, epoch_hook
 
 
 def _attach_extra(extra_loss, net, optimizer, hyp: dict, dev, info: ddp.DistInfo, after_backward):

@@ -51,6 +51,7 @@ def compress(
     epochs_distill: int = 50,
     sparsity: float = 1e-3,
     sparsity_schedule: str = "constant",
+    sparsity_weighting: str = "none",
     imgsz: int = 640,
     batch: int = 16,
     device: str = "",
@@ -126,6 +127,8 @@ def _check_args(o: dict) -> None:
             raise ObbslimError(f"--{key.replace('_', '-')} must be at least 1")
     if o["sparsity"] < 0:
         raise ObbslimError(f"--sparsity {o['sparsity']} must be >= 0")
+    if o["sparsity_weighting"] not in ("none", "flops"):
+        raise ObbslimError(f"--sparsity-weighting {o['sparsity_weighting']!r}: use none or flops")
     if o["teacher"] is not None:
         if not str(o["teacher"]).endswith(".pt"):
             raise ObbslimError(f"--teacher {o['teacher']}: expected a checkpoint .pt")
@@ -404,6 +407,7 @@ class _Pipeline:
             "epochs": o["epochs_sparse"],
             "sparsity": o["sparsity"],
             "schedule": o["sparsity_schedule"],
+            **({"weighting": o["sparsity_weighting"]} if o["sparsity_weighting"] != "none" else {}),
             **_key(common),
         }
         sparse = training(
@@ -416,6 +420,7 @@ class _Pipeline:
             epochs=o["epochs_sparse"],
             sparsity=o["sparsity"],
             sparsity_schedule=o["sparsity_schedule"],
+            sparsity_weighting=o["sparsity_weighting"] if o["sparsity_weighting"] != "none" else None,
             noautoanchor=True,
         )
         sparse_w = sparse["outputs"]["weights"]

@@ -63,7 +63,8 @@ def format_report(rep: dict[str, Any]) -> str:
         )
         lines.append(
             f"- {st['channels_removed']} channels removed in {st['groups_pruned']} of {st['groups']} coupled "
-            f"groups; folded into {st['folded_bn']} BN + {st['folded_bias']} biases"
+            f"groups ({100 * st.get('channels_removed_fraction', float('nan')):.1f}% of the prunable BN"
+            f" channels); folded into {st['folded_bn']} BN + {st['folded_bias']} biases"
             f" ({st['not_folded']} consumers not folded)"
         )
     lines += ["", "| | before | after | change |", "|---|---:|---:|---:|"]

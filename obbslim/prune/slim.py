@@ -7,10 +7,11 @@ Detect output convs are ``ignored_layers``: their channels are never removed.
 
 Group score: a coupled group holds one channel index per BN in it (for a residual stack: C3.cv1 and
 every bottleneck's cv2); its score per channel is the MAX of |gamma| over those BNs, so a residual
-channel stays if any member needs it. The global threshold is taken over the individual |gamma| of all
-prunable BNs (ratio 0.5 = their median); a group keeps its channels whose score exceeds it, then at
-least ``min_channels``, rounded UP to a multiple of ``round_to`` (capped at the original width),
-choosing the largest scores.
+channel stays if any member needs it. A group keeps its channels whose score exceeds the one global
+threshold, then at least ``min_channels``, rounded UP to a multiple of ``round_to`` (capped at the
+original width), choosing the largest scores. ``ratio`` is the fraction of the prunable BN channels
+actually removed after those rules (ratio 0.5 halves the channel count); the threshold that does it
+is found by bisection over the group scores.
 """
 
 from __future__ import annotations
@@ -110,6 +111,35 @@ def keep_count(scores: torch.Tensor, threshold: float, min_channels: int = 8, ro
     return min(k, n)
 
 
+def removed_fraction(
+    groups: list[Group], threshold: float, min_channels: int = 8, round_to: int = 8
+) -> float:
+    """Fraction of the prunable BN channels that ``threshold`` removes (a group's channel counts once
+    per BN in it, as every one of those convs loses it)."""
+    total = removed = 0.0
+    for g in groups:
+        per_channel = sum(int(x.numel()) for x in g.gammas) / g.width
+        total += per_channel * g.width
+        removed += per_channel * (g.width - keep_count(g.scores, threshold, min_channels, round_to))
+    return removed / total
+
+
+def threshold_for_ratio(groups: list[Group], ratio: float, min_channels: int = 8, round_to: int = 8) -> float:
+    """The smallest global threshold that removes at least ``ratio`` of the prunable BN channels
+    (as far as min_channels allows), by bisection over the sorted group scores."""
+    if ratio <= 0:
+        return -math.inf
+    cand = torch.unique(torch.cat([g.scores for g in groups]))  # sorted ascending
+    lo, hi = 0, int(cand.numel()) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if removed_fraction(groups, float(cand[mid]), min_channels, round_to) >= ratio:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(cand[lo])
+
+
 def plan(
     groups: list[Group], threshold: float, min_channels: int = 8, round_to: int = 8
 ) -> dict[str, list[int]]:
@@ -174,12 +204,11 @@ def search_threshold(
 ) -> tuple[float, float]:
     """Bisect the global ratio so that the kept fraction of params/FLOPs is <= target (the least
     pruning that meets it, to within ``tol``). Returns (threshold, ratio)."""
-    g_all = all_gammas(groups)
     base = _cost(model, imgsz)
     idx = 0 if key == "params" else 1
 
     def kept(ratio: float) -> tuple[float, float]:
-        thr = float(torch.quantile(g_all, ratio)) if ratio > 0 else -math.inf
+        thr = threshold_for_ratio(groups, ratio, min_channels, round_to)
         m = copy.deepcopy(model)
         apply_plan(m, plan(groups, thr, min_channels, round_to), fold=False)
         return _cost(m, imgsz)[idx] / base[idx], thr
@@ -214,9 +243,10 @@ def prune(
     fold: bool = True,
     imgsz: int = 640,
 ) -> nn.Module:
-    """Slim ``model`` in place (and return it) by one criterion: ``ratio`` (fraction of the prunable BN
-    channels under the global threshold), ``threshold`` (|gamma|), or ``target_flops`` /
-    ``target_params`` (fraction of the original kept, counted at ``imgsz``; the ratio is bisected).
+    """Slim ``model`` in place (and return it) by one criterion: ``ratio`` (fraction of the prunable
+    BN channels removed, coupling, min_channels and round_to included), ``threshold`` (|gamma|), or
+    ``target_flops`` / ``target_params`` (fraction of the original kept, counted at ``imgsz``; the
+    ratio is bisected).
     ``model.arch`` afterwards describes the pruned widths; ``model.prune_stats`` holds the details."""
     crits = dict(ratio=ratio, threshold=threshold, target_flops=target_flops, target_params=target_params)
     given = {k: v for k, v in crits.items() if v is not None}
@@ -238,7 +268,7 @@ def prune(
     used_ratio = None
     if crit == "ratio":
         used_ratio = value
-        thr = float(torch.quantile(g_all, value)) if value > 0 else -math.inf
+        thr = threshold_for_ratio(groups, value, min_channels, round_to)
     elif crit == "threshold":
         thr = value
     else:
@@ -256,6 +286,7 @@ def prune(
         "groups": len(groups),
         "groups_pruned": len(removals),
         "channels_removed": int(sum(len(v) for v in removals.values())),
+        "channels_removed_fraction": removed_fraction(groups, thr, min_channels, round_to),
         **stats,
     }
     return model

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 SCHEDULES = ("constant", "linear", "cosine")
+WEIGHTINGS = ("none", "flops")
 END_FACTOR = 0.1  # linear/cosine decay lambda to 0.1 lambda at the end (the YOLOv5 slimming repos)
 HIST_BINS = np.linspace(-6.0, 1.0, 71)  # log10|gamma| bins of the histogram plot
 
@@ -37,30 +38,72 @@ def schedule_factor(schedule: str, progress: float) -> float:
     raise ValueError(f"unknown sparsity schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
 
 
-def prunable_bn_names(model: nn.Module, imgsz: int = 64) -> list[str]:
-    """Names of the BatchNorm2d layers whose channels torch-pruning can remove (not coupled to the
-    Detect outputs). Traced on a CPU copy so the live model's running stats are untouched; without
-    torch-pruning every BatchNorm2d (the Detect convs have none)."""
+def _groups(model: nn.Module, imgsz: int) -> tuple[nn.Module, list, dict]:
+    """torch-pruning's coupled channel groups of a CPU copy of ``model`` (the live model's running stats
+    stay untouched), the copy and its module names."""
     import copy
 
-    all_bn = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        return all_bn
+    import torch_pruning as tp
+
     net = copy.deepcopy(model).cpu().float().eval()
     detect = getattr(net, "detect", None)
     ignored = list(detect.m) if detect is not None else []
     x = torch.zeros(1, int(getattr(net, "in_ch", 3)), imgsz, imgsz)
     dg = tp.DependencyGraph().build_dependency(net, example_inputs=x)
-    names = {m: n for n, m in net.named_modules()}
-    found = set()
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
-        for item in group:
-            m = item.dep.target.module
-            if isinstance(m, nn.BatchNorm2d):
-                found.add(names[m])
-    return [n for n in all_bn if n in found]
+    groups = dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d])
+    return net, list(groups), {m: n for n, m in net.named_modules()}
+
+
+def prunable_bn_names(model: nn.Module, imgsz: int = 64) -> list[str]:
+    """Names of the BatchNorm2d layers whose channels torch-pruning can remove (not coupled to the
+    Detect outputs); without torch-pruning every BatchNorm2d (the Detect convs have none)."""
+    all_bn = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    try:
+        _, groups, names = _groups(model, imgsz)
+    except ImportError:
+        return all_bn
+    found = {names.get(it.dep.target.module) for g in groups for it in g}
+    return [n for n in all_bn if n in found]  # (found holds other modules too: only BNs are kept)
+
+
+def flops_weights(model: nn.Module, imgsz: int = 256) -> dict[str, float]:
+    """Per prunable BN: the multiply-adds one of its channels costs, relative to the channel average.
+
+    A channel's cost is that of its whole coupled group: the output channel of every conv that
+    produces it plus the input channel of every conv that reads it, each k*k*(other side's channels)
+    at that conv's output size. Weighting the L1 penalty by it (resource-aware slimming, as MorphNet
+    does) shrinks the scales of costly high-resolution layers first, so a channel ratio removes more
+    FLOPs. The weights do not depend on ``imgsz`` (every feature map scales alike).
+    """
+    import torch_pruning as tp
+
+    net, groups, names = _groups(model, imgsz)
+    hw: dict[nn.Module, int] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: hw.__setitem__(m, o.shape[-1] * o.shape[-2]))
+             for m in net.modules() if isinstance(m, nn.Conv2d)]  # fmt: skip
+    with torch.no_grad():
+        net(torch.zeros(1, int(getattr(net, "in_ch", 3)), imgsz, imgsz))
+    for h in hooks:
+        h.remove()
+    cost: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for g in groups:
+        seen, macs, bns = set(), 0.0, []
+        for it in g:
+            m, handler = it.dep.target.module, it.dep.handler
+            if (m, handler) in seen:
+                continue
+            seen.add((m, handler))
+            if isinstance(m, nn.Conv2d) and handler == tp.prune_conv_out_channels:
+                macs += m.kernel_size[0] * m.kernel_size[1] * m.in_channels / m.groups * hw[m]
+            elif isinstance(m, nn.Conv2d) and handler == tp.prune_conv_in_channels:
+                macs += m.kernel_size[0] * m.kernel_size[1] * m.out_channels / m.groups * hw[m]
+            elif isinstance(m, nn.BatchNorm2d) and handler == tp.prune_batchnorm_out_channels:
+                bns.append(m)
+        for bn in bns:
+            cost[names[bn]], count[names[bn]] = macs, bn.num_features
+    mean = sum(cost[n] * count[n] for n in cost) / max(sum(count.values()), 1)
+    return {n: c / mean for n, c in cost.items()} if mean > 0 else {n: 1.0 for n in cost}
 
 
 def bn_gammas(model: nn.Module, names: list[str] | None = None) -> torch.Tensor:
@@ -124,6 +167,7 @@ class SparsityTraining:
     """The L1 subgradient hook and the per-epoch statistics for one training run.
 
     ``lam`` is lambda at the start; ``epochs`` spans the schedule (progress = epoch_frac / epochs).
+    ``weighting`` "flops" scales each BN's lambda by flops_weights (1 on average over the channels).
     ``run_dir``: where gamma_hist.json / gamma_hist.png go (None: no files).
     """
 
@@ -135,11 +179,16 @@ class SparsityTraining:
         epochs: int = 1,
         bias: bool = False,
         run_dir: str | Path | None = None,
+        weighting: str = "none",
     ):
         schedule_factor(schedule, 0.0)  # validates the name
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown sparsity weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
         self.lam, self.schedule, self.bias = float(lam), schedule, bool(bias)
         self.epochs = max(int(epochs), 1)
         self.names = prunable_bn_names(model)
+        w = flops_weights(model) if weighting == "flops" else {}
+        self.weights = [float(w.get(n, 1.0)) for n in self.names]
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.current = self.lam
 
@@ -151,17 +200,21 @@ class SparsityTraining:
         """grad(gamma) += lambda_t * sign(gamma) (and beta with ``bias``); runs after AMP unscaling."""
         lam = self.current = self.lam_at(epoch_frac)
         mods = dict(model.named_modules())
-        params = []
-        for n in self.names:
+        params, weights = [], []
+        for n, w in zip(self.names, self.weights):
             bn = mods[n]
             params.append(bn.weight)
+            weights.append(lam * w)
             if self.bias and bn.bias is not None:
                 params.append(bn.bias)
+                weights.append(lam * w)
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         if params:
-            torch._foreach_add_([p.grad for p in params], [torch.sign(p) for p in params], alpha=lam)
+            signs = [torch.sign(p) for p in params]
+            torch._foreach_mul_(signs, weights)
+            torch._foreach_add_([p.grad for p in params], signs)
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> dict:
         """results.csv columns; also appends to gamma_hist.json and redraws gamma_hist.png."""
