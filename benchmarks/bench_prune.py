@@ -8,7 +8,7 @@ fine-tuning and after distillation from the sparse model, with the change ratios
 (params -58.9 %, FLOPs -37.0 %, weights -57.6 %, time -17.4 %) and our goals (params <= -70 %,
 FLOPs <= -50 %, latency <= -35 %, distilled mAP >= the sparse model's).
 
-    python benchmarks/bench_prune.py                       # ~30 min on 2 CPU cores
+    python benchmarks/bench_prune.py --images 200 --minutes 25   # ~30 min on 2 CPU cores (the README figures)
     python benchmarks/bench_prune.py --minutes 2 --epochs 1 --images 20   # a quick check
     python benchmarks/bench_prune.py --weights runs/train/sparse/weights/best.pt --data D.yaml
 """
