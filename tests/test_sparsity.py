@@ -146,7 +146,9 @@ def test_flops_weights_are_the_hand_computed_channel_costs():
     # the hook pushes each BN by its own weight
     for p in m.parameters():
         p.grad = torch.zeros_like(p)
-    SparsityTraining(m, 1e-3, "constant", weighting="flops").after_backward(m, 0.0)
+    sp = SparsityTraining(m, 1e-3, "constant", weighting="flops")
+    assert sp.names == prunable_bn_names(m)  # the same BNs, in the same order, from one trace
+    sp.after_backward(m, 0.0)
     for k in ("model.0.bn", "model.8.cv1.bn"):
         bn = dict(m.named_modules())[k]
         torch.testing.assert_close(bn.weight.grad, 1e-3 * w[k] * torch.sign(bn.weight.detach()))

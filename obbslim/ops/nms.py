@@ -53,12 +53,20 @@ def _grid_keys(r: torch.Tensor, rad: torch.Tensor, groups: torch.Tensor) -> tupl
 
 
 def _sorted_grid(r: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Circumscribed radius, area and grid key of each box, the row stride, and the keys sorted."""
+    """Per box (x, y, circumscribed radius, area) [N,4], grid key, the row stride, and the keys sorted."""
     w, h = r[:, 2].abs(), r[:, 3].abs()
     rad = 0.5 * torch.sqrt(w * w + h * h)
     key, Wg = _grid_keys(r, rad, groups)
     skey, order = torch.sort(key)
-    return rad, w * h, key, Wg, skey, order
+    return torch.stack((r[:, 0], r[:, 1], rad, w * h), 1), key, Wg, skey, order
+
+
+def _may_suppress(geo: torch.Tensor, i: torch.Tensor, j: torch.Tensor, iou_thr: float) -> torch.Tensor:
+    """Pairs that could have IoU > iou_thr: circumscribed circles overlap, min/max area > iou_thr."""
+    xi, yi, ri, ai = geo.index_select(0, i).unbind(1)
+    xj, yj, rj, aj = geo.index_select(0, j).unbind(1)
+    near = (xi - xj) ** 2 + (yi - yj) ** 2 < (ri + rj) ** 2
+    return near & (torch.minimum(ai, aj) > iou_thr * torch.maximum(ai, aj))
 
 
 def _candidate_pairs(
@@ -73,7 +81,7 @@ def _candidate_pairs(
     """
     dev = r.device
     N = r.shape[0]
-    rad, area, key, Wg, skey, order = _sorted_grid(r, groups)
+    geo, key, Wg, skey, order = _sorted_grid(r, groups)
     # per sorted position p: range A = [p + 1, end of the right cell), range B = next row's 3 cells
     a_lo = torch.arange(1, N + 1, device=dev)
     a_hi = torch.searchsorted(skey, skey + 1, right=True)
@@ -82,10 +90,7 @@ def _candidate_pairs(
     starts = torch.stack((a_lo, b_lo), 1).reshape(-1)
     counts = (torch.stack((a_hi, b_hi), 1).reshape(-1) - starts).clamp_min(0)
     owner = torch.arange(N, device=dev).repeat_interleave(2)
-    # box properties in sorted order, so that the gathers below read nearby memory
-    sx, sy = r[order, 0], r[order, 1]
-    srad = rad[order]
-    sarea = area[order]
+    sgeo = geo[order]  # box properties in sorted order, so that the gathers below read nearby memory
     srcs, dsts = [], []
     csum = counts.cumsum(0)
     total = int(csum[-1]) if N else 0
@@ -102,9 +107,7 @@ def _candidate_pairs(
             j = torch.arange(n, device=dev) + (starts[s:e] - (csum[s:e] - c - base)).repeat_interleave(
                 c, output_size=n
             )
-            d2 = (sx[i] - sx[j]) ** 2 + (sy[i] - sy[j]) ** 2
-            ai, aj = sarea[i], sarea[j]
-            m = (d2 < (srad[i] + srad[j]) ** 2) & (torch.minimum(ai, aj) > iou_thr * torch.maximum(ai, aj))
+            m = _may_suppress(sgeo, i, j, iou_thr)
             i, j = order[i[m]], order[j[m]]
             srcs.append(torch.minimum(i, j))
             dsts.append(torch.maximum(i, j))
@@ -277,7 +280,7 @@ def _grid_greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float) -> torch
     """
     dev = r.device
     N = r.shape[0]
-    rad, area, key, Wg, skey, order = _sorted_grid(r, groups)
+    geo, key, Wg, skey, order = _sorted_grid(r, groups)
     ukey, counts = torch.unique_consecutive(skey, return_counts=True)
     C = ukey.numel()
     ptr = torch.zeros(C + 2, dtype=torch.long, device=dev)  # cell C is an empty sentinel
@@ -290,7 +293,6 @@ def _grid_greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float) -> torch
     ni = torch.searchsorted(ukey, nk).clamp_max(C - 1)
     nbr = torch.where(ukey[ni] == nk, ni, torch.full_like(ni, C))  # [N, 9] cell ids, C if empty
     boxes = _Boxes(r)
-    geo = torch.stack((r[:, 0], r[:, 1], rad, area), 1)
     state = torch.zeros(N, dtype=torch.int8, device=dev)  # 0 undecided, 1 kept, 2 removed
     idx = torch.arange(N, device=dev)
     prev = None
@@ -313,10 +315,7 @@ def _grid_greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float) -> torch
         first = cnt.cumsum(0) - cnt
         j = order[torch.arange(n, device=dev) + (start - first).repeat_interleave(cnt, output_size=n)]
         # undecided neighbours that could suppress the candidate or be suppressed by it
-        xi, yi, ri, ai = geo.index_select(0, i).unbind(1)
-        xj, yj, rj, aj = geo.index_select(0, j).unbind(1)
-        m = (j != i) & (state.index_select(0, j) == 0) & ((xi - xj) ** 2 + (yi - yj) ** 2 < (ri + rj) ** 2)
-        m = m & (torch.minimum(ai, aj) > iou_thr * torch.maximum(ai, aj))
+        m = (j != i) & (state.index_select(0, j) == 0) & _may_suppress(geo, i, j, iou_thr)
         i, j = i[m], j[m]
         blocked = torch.zeros(N, dtype=torch.bool, device=dev)
         blocked[i[j < i]] = True  # a better undecided box may still suppress it

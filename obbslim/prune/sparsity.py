@@ -38,30 +38,28 @@ def schedule_factor(schedule: str, progress: float) -> float:
     raise ValueError(f"unknown sparsity schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
 
 
-def _groups(model: nn.Module, imgsz: int) -> tuple[nn.Module, list, dict]:
-    """torch-pruning's coupled channel groups of a CPU copy of ``model`` (the live model's running stats
-    stay untouched), the copy and its module names."""
+def _groups(model: nn.Module) -> tuple[nn.Module, list, dict]:
+    """The coupled channel groups that obbslim.prune.slim prunes, traced on a CPU float copy of
+    ``model`` (the live model stays where and as it is), the copy and its module names."""
     import copy
 
-    import torch_pruning as tp
+    from obbslim.prune.slim import _graph
+    from obbslim.prune.slim import _groups as coupled
 
-    net = copy.deepcopy(model).cpu().float().eval()
-    detect = getattr(net, "detect", None)
-    ignored = list(detect.m) if detect is not None else []
-    x = torch.zeros(1, int(getattr(net, "in_ch", 3)), imgsz, imgsz)
-    dg = tp.DependencyGraph().build_dependency(net, example_inputs=x)
-    groups = dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d])
-    return net, list(groups), {m: n for n, m in net.named_modules()}
+    net = copy.deepcopy(model).cpu().float()
+    dg, ignored = _graph(net)
+    return net, list(coupled(dg, ignored)), {m: n for n, m in net.named_modules()}
 
 
-def prunable_bn_names(model: nn.Module, imgsz: int = 64) -> list[str]:
+def prunable_bn_names(model: nn.Module) -> list[str]:
     """Names of the BatchNorm2d layers whose channels torch-pruning can remove (not coupled to the
     Detect outputs); without torch-pruning every BatchNorm2d (the Detect convs have none)."""
     all_bn = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     try:
-        _, groups, names = _groups(model, imgsz)
+        import torch_pruning  # noqa: F401
     except ImportError:
         return all_bn
+    _, groups, names = _groups(model)
     found = {names.get(it.dep.target.module) for g in groups for it in g}
     return [n for n in all_bn if n in found]  # (found holds other modules too: only BNs are kept)
 
@@ -77,12 +75,12 @@ def flops_weights(model: nn.Module, imgsz: int = 256) -> dict[str, float]:
     """
     import torch_pruning as tp
 
-    net, groups, names = _groups(model, imgsz)
+    net, groups, names = _groups(model)
     hw: dict[nn.Module, int] = {}
     hooks = [m.register_forward_hook(lambda m, i, o: hw.__setitem__(m, o.shape[-1] * o.shape[-2]))
              for m in net.modules() if isinstance(m, nn.Conv2d)]  # fmt: skip
     with torch.no_grad():
-        net(torch.zeros(1, int(getattr(net, "in_ch", 3)), imgsz, imgsz))
+        net.eval()(torch.zeros(1, int(getattr(net, "in_ch", 3)), imgsz, imgsz))
     for h in hooks:
         h.remove()
     cost: dict[str, float] = {}
@@ -186,9 +184,13 @@ class SparsityTraining:
             raise ValueError(f"unknown sparsity weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
         self.lam, self.schedule, self.bias = float(lam), schedule, bool(bias)
         self.epochs = max(int(epochs), 1)
-        self.names = prunable_bn_names(model)
-        w = flops_weights(model) if weighting == "flops" else {}
-        self.weights = [float(w.get(n, 1.0)) for n in self.names]
+        if weighting == "flops":  # one trace gives both the prunable BNs and their weights
+            w = flops_weights(model)
+            self.names = [n for n, m in model.named_modules() if n in w and isinstance(m, nn.BatchNorm2d)]
+            self.weights = [w[n] for n in self.names]
+        else:
+            self.names = prunable_bn_names(model)
+            self.weights = [1.0] * len(self.names)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.current = self.lam
 
