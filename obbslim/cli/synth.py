@@ -19,6 +19,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--val-frac", type=float, default=0.2, help="fraction of images in val (default 0.2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in DST")
     p.add_argument("--workers", type=int, default=None, help="drawing threads (default: CPU count, max 8)")
+    p.add_argument("--classes", nargs="+", default=None, metavar="NAME",
+                   help="draw only these of the five classes (default: all)")
     p.set_defaults(func=run)
 
 
@@ -33,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         val_frac=args.val_frac,
         overwrite=args.overwrite,
         workers=args.workers,
+        classes=args.classes,
     )
     print(yaml_file)
     return 0

@@ -82,6 +82,7 @@ class OBBDataset(Dataset):
         self.stride = int(stride)
         self.seed = int(seed)
         self.epoch = 0
+        self.mosaic_epochs: int | None = None  # epochs >= this train without mosaic (close_mosaic)
         self.n_replaced = 0
         self._warned: set[str] = set()
         self.batch_shapes = None
@@ -178,7 +179,8 @@ class OBBDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(epoch), i])
         hyp = self.hyp
         n = len(self.samples)
-        if self.mosaic and rng.random() < hyp["mosaic"]:
+        mosaic = self.mosaic and (self.mosaic_epochs is None or epoch < self.mosaic_epochs)
+        if mosaic and rng.random() < hyp["mosaic"]:
             s = self.imgsz
             img, polys, cls = mosaic4(self._mosaic_loader, [i, *rng.integers(0, n, 3)], s, rng)
             if rng.random() < hyp.get("mixup", 0.0):

@@ -223,13 +223,15 @@ def _place(
     return True
 
 
-def _layout(rng: np.random.Generator, size: int) -> list[SynthObject]:
-    """Random objects plus, often, a parking row of small vehicles; rejects crowded placements."""
+def _layout(rng: np.random.Generator, size: int, classes: tuple[str, ...] = CLASSES) -> list[SynthObject]:
+    """Random objects of ``classes`` plus, often, a parking row of small vehicles (when that class is one
+    of them); rejects crowded placements."""
     owner = np.zeros((size, size), np.int32)
     areas: list[int] = []
     objects: list[SynthObject] = []
     area_scale = (size / 512) ** 2
-    if rng.random() < 0.6:  # parking rows: cars side by side, all at one angle
+    weights = np.array([CLASS_WEIGHTS[CLASSES.index(c)] for c in classes])
+    if rng.random() < 0.6 and "small-vehicle" in classes:  # parking rows: cars side by side, all at one angle
         L = rng.uniform(9, 18)
         phi = rng.uniform(-math.pi / 2, math.pi / 2)  # row direction
         step = L * rng.uniform(0.6, 0.75)
@@ -250,7 +252,7 @@ def _layout(rng: np.random.Generator, size: int) -> list[SynthObject]:
     for _ in range(n_obj * 4):
         if len(objects) >= n_obj:
             break
-        name = CLASSES[int(rng.choice(len(CLASSES), p=CLASS_WEIGHTS))]
+        name = classes[int(rng.choice(len(classes), p=weights / weights.sum()))]
         cx, cy = rng.uniform(-0.05, 1.05, 2) * size
         o = make_object(name, rng, cx, cy, rng.uniform(-math.pi, math.pi))
         if _place(o, owner, areas):
@@ -258,11 +260,13 @@ def _layout(rng: np.random.Generator, size: int) -> list[SynthObject]:
     return objects
 
 
-def render_image(seed: int, index: int, size: int = 512) -> tuple[np.ndarray, list[SynthObject]]:
+def render_image(
+    seed: int, index: int, size: int = 512, classes: tuple[str, ...] = CLASSES
+) -> tuple[np.ndarray, list[SynthObject]]:
     """The image (uint8 BGR, size x size) and objects of synthetic sample `index` for `seed`."""
     rng = np.random.default_rng([seed, index])
     img = _background(rng, size)
-    objects = _layout(rng, size)
+    objects = _layout(rng, size, classes)
     for o in objects:
         draw_object(img, o, color_scale=float(rng.uniform(0.9, 1.08)))
         _shade(img, o, float(rng.uniform(-0.3, 0.3)))
@@ -278,12 +282,14 @@ def make_synthetic(
     val_frac: float = 0.2,
     overwrite: bool = False,
     workers: int | None = None,
+    classes: tuple[str, ...] | list[str] | None = None,
 ) -> Path:
     """Write a DOTA-format synthetic dataset under `dst`; return the path of its data.yaml.
 
     Layout: ``images/{train,val}/synth_NNNNN.png``, ``labelTxt/{train,val}/synth_NNNNN.txt``
     (DOTA labelTxt, difficult 0) and ``data.yaml`` (path ``.``, train, val, names). The files
-    depend only on (seed, n_images, size, val_frac), not on `workers` (threads; default: CPU count).
+    depend only on (seed, n_images, size, val_frac, classes), not on `workers` (threads; default: CPU
+    count). ``classes``: a subset of ``CLASSES`` to draw (default: all five), in data.yaml in that order.
     """
     from obbslim.data.labeltxt import write_labeltxt
     from obbslim.utils.io import atomic_write_text
@@ -291,6 +297,12 @@ def make_synthetic(
     if n_images < 1 or size < 32 or not 0 <= val_frac <= 1:
         raise ObbslimError(
             f"need n_images >= 1, size >= 32 and 0 <= val_frac <= 1 (got {n_images}, {size}, {val_frac})"
+        )
+    classes = tuple(classes or CLASSES)
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown or len(set(classes)) != len(classes):
+        raise ObbslimError(
+            f"synthetic classes must be distinct names from {', '.join(CLASSES)}; got {unknown or classes}"
         )
     dst = Path(dst)
     stale = [dst / "images", dst / "labelTxt", dst / "data.yaml"]
@@ -315,7 +327,7 @@ def make_synthetic(
     from tqdm import tqdm
 
     def write_one(i: int) -> None:
-        img, objects = render_image(seed, i, size)
+        img, objects = render_image(seed, i, size, classes)
         split = "val" if i in val else "train"
         stem = f"synth_{i:05d}"
         if not cv2.imwrite(str(dst / "images" / split / f"{stem}.png"), img):
@@ -336,7 +348,7 @@ def make_synthetic(
                 pass
 
     yaml_file = dst / "data.yaml"
-    names = "\n".join(f"  {k}: {n}" for k, n in enumerate(CLASSES))
+    names = "\n".join(f"  {k}: {n}" for k, n in enumerate(classes))
     atomic_write_text(
         yaml_file,
         f"# obbslim synthetic dataset: {n_images} images, {size} px, seed {seed}\n"

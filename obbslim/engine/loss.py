@@ -44,6 +44,7 @@ DEFAULT_HYP: dict[str, Any] = {
     "csl_radius": 2.0,
     "csl_window": "gaussian",
     "box_loss": "ciou",
+    "theta_loss": "bce",
 }
 
 BALANCE = [4.0, 1.0, 0.4]  # objectness weight per level P3, P4, P5 (YOLOv5, 3 levels)
@@ -257,7 +258,11 @@ class OBBLoss:
                 tt = torch.as_tensor(
                     ops.csl_encode(ttheta[i], self.nbins, radius=h["csl_radius"], window=h["csl_window"])
                 ).to(ps.dtype)
-                ltheta = ltheta + bce_theta(ps[:, c0:], tt)
+                if h["theta_loss"] == "ce":  # softmax cross-entropy against the normalised window
+                    q = tt / tt.sum(1, keepdim=True)
+                    ltheta = ltheta + -(q * ps[:, c0:].log_softmax(1)).sum(1).mean()
+                else:
+                    ltheta = ltheta + bce_theta(ps[:, c0:], tt)
             lobj = lobj + bce_obj(pi[..., 4], tobj) * self.balance[i]
         lbox, lobj, lcls, ltheta = lbox * h["box"], lobj * h["obj"], lcls * h["cls"], ltheta * h["theta"]
         bs = preds[0].shape[0]

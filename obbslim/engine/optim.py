@@ -63,6 +63,22 @@ def build_optimizer(
     return opt
 
 
+def resolve_optimizer(hyp: dict, n_images: int, batch_size: int, epochs: int, nc: int) -> dict:
+    """``optimizer: auto`` picks by the schedule's length, as Ultralytics does: AdamW at
+    ``lr0 = 0.002 * 5 / (4 + nc)`` (momentum 0.9, no bias warmup) for up to 10,000 optimizer steps, where
+    SGD's high lr cannot settle in time, else SGD at lr0 0.01. Other names pass through unchanged; the
+    resolved values are written into the returned hyp, so a resumed run and the saved hyp.yaml agree.
+    """
+    if hyp.get("optimizer", "SGD") != "auto":
+        return dict(hyp)
+    nbs = int(hyp.get("nbs", NOMINAL_BATCH))
+    steps = math.ceil(n_images / max(batch_size, nbs)) * epochs
+    if steps > 10_000:
+        return {**hyp, "optimizer": "SGD", "lr0": 0.01, "momentum": 0.937}
+    return {**hyp, "optimizer": "AdamW", "lr0": round(0.002 * 5 / (4 + nc), 6), "momentum": 0.9,
+            "warmup_bias_lr": 0.0}
+
+
 def lr_lambda(epochs: int, lrf: float, schedule: str = "cosine") -> Callable[[float], float]:
     """LR multiplier per epoch: from 1 at epoch 0 down to ``lrf`` at the last epoch."""
     if schedule == "cosine":  # YOLOv5 one_cycle(1, lrf, epochs)

@@ -37,7 +37,14 @@ from tqdm import tqdm
 
 from obbslim.engine import distributed as ddp
 from obbslim.engine.ema import ModelEMA, de_parallel
-from obbslim.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay, set_lr
+from obbslim.engine.optim import (
+    accumulate_steps,
+    build_optimizer,
+    lr_lambda,
+    resolve_optimizer,
+    scaled_weight_decay,
+    set_lr,
+)
 from obbslim.engine.runs import ResultsCSV, increment_path, plain, plot_results, write_yaml
 from obbslim.engine.trainer_utils import (
     StopRequest,
@@ -196,6 +203,8 @@ def _train(
         net.to(memory_format=torch.channels_last)
 
     # ---- optimiser, EMA, loss (nominal batch 64: accumulate, and scale the decay accordingly)
+    if ckpt is None:
+        hyp = resolve_optimizer(hyp, len(train_samples), batch, epochs, len(names))
     optimizer = build_optimizer(
         net,
         hyp["lr0"],
@@ -246,6 +255,7 @@ def _train(
         world_size=info.world_size,
         pin_memory=cuda,
     )
+    train_loader.dataset.mosaic_epochs = epochs - int(hyp.get("close_mosaic", 0))
     val_loader = None
     if main and val_samples:
         val_loader = build_dataloader(
@@ -406,6 +416,7 @@ def _train(
             epochs = epoch + 1 + int(max(opts["time_limit"] * 3600 - (time.time() - t0), 0) // per)
             epochs = int(ddp.broadcast_value(float(epochs), info, dev))
             lf = lr_lambda(epochs, hyp["lrf"], hyp.get("lr_schedule", "cosine"))
+            train_loader.dataset.mosaic_epochs = epochs - int(hyp.get("close_mosaic", 0))
             if sparsity is not None:
                 sparsity.epochs = epochs  # the lambda schedule spans the same estimate as the lr
         chunk_done = bool(opts["stop_after"]) and epoch + 1 - start_epoch >= opts["stop_after"]
