@@ -235,6 +235,8 @@ def _train(
         sparsity, after_backward, on_epoch_end = _with_sparsity(
             opts, net, epochs, save_dir, main, after_backward, on_epoch_end
         )
+    if sparsity is not None:
+        sparsity.optimizer = optimizer
     if opts["sync_bn"] and info.enabled and cuda:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if info.enabled:
@@ -281,6 +283,9 @@ def _train(
         )
 
     nb = len(train_loader)
+    if sparsity is not None:  # prox: the lr summed over every optimizer step of the run
+        steps = math.ceil(nb / accumulate_steps(batch, hyp.get("nbs", 64)))
+        sparsity.lr_sum = steps * sum(lf(e) for e in range(epochs))
     nw = (
         max(round(hyp["warmup_epochs"] * nb), hyp.get("warmup_min_iters", 100))
         if hyp["warmup_epochs"] > 0
@@ -509,6 +514,8 @@ def _with_sparsity(opts: dict, net, epochs: int, save_dir: Path, main: bool, aft
     hooks. Returns the SparsityTraining (its ``epochs`` follows a time limit) and the two hooks."""
     from obbslim.prune.sparsity import SparsityTraining
 
+    import os
+
     sp = SparsityTraining(
         net,
         opts["sparsity"],
@@ -517,6 +524,7 @@ def _with_sparsity(opts: dict, net, epochs: int, save_dir: Path, main: bool, aft
         bool(opts.get("sparsity_bias")),
         run_dir=save_dir if main and not opts["noplots"] else None,
         weighting=opts.get("sparsity_weighting") or "none",
+        mode=os.environ.get("OBBSLIM_SPARSITY_MODE", "subgradient"),
     )
 
     def backward_hook(model, epoch_frac):

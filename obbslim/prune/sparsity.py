@@ -178,8 +178,12 @@ class SparsityTraining:
         bias: bool = False,
         run_dir: str | Path | None = None,
         weighting: str = "none",
+        mode: str = "subgradient",
     ):
         schedule_factor(schedule, 0.0)  # validates the name
+        self.mode = mode
+        self.optimizer = None  # prox: the lr of the step is read from its BN group
+        self.lr_sum = 1.0  # prox: sum over the run's optimizer steps of lr_t / lr0 (set by the trainer)
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown sparsity weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
         self.lam, self.schedule, self.bias = float(lam), schedule, bool(bias)
@@ -202,6 +206,14 @@ class SparsityTraining:
         """grad(gamma) += lambda_t * sign(gamma) (and beta with ``bias``); runs after AMP unscaling."""
         lam = self.current = self.lam_at(epoch_frac)
         mods = dict(model.named_modules())
+        if self.mode == "prox":
+            g = self.optimizer.param_groups[-1] if self.optimizer is not None else {"lr": 1.0, "initial_lr": 1.0}
+            step = lam * g["lr"] / g["initial_lr"] / max(self.lr_sum, 1e-9)
+            for n, w in zip(self.names, self.weights):
+                bn = mods[n]
+                for p in [bn.weight] + ([bn.bias] if self.bias and bn.bias is not None else []):
+                    p.copy_(torch.sign(p) * (p.abs() - step * w).clamp_min(0))
+            return
         params, weights = [], []
         for n, w in zip(self.names, self.weights):
             bn = mods[n]
