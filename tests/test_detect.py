@@ -216,7 +216,8 @@ def draw(objs, shape=(SIZE, SIZE), offset=(0, 0)):
 @pytest.fixture(scope="module")
 def tiny_trained(tmp_path_factory, one_thread) -> Path:
     """yolov5n-obb at width 0.125 overfit on two 96 px images of rotated rectangles (~10 s)."""
-    from obbslim.engine.loss import DEFAULT_HYP, OBBLoss, scale_gains
+    from obbslim.cfg import load_hyp
+    from obbslim.engine.loss import OBBLoss, scale_gains
     from obbslim.model import build, load_spec, save
 
     torch.manual_seed(0)
@@ -229,7 +230,7 @@ def tiny_trained(tmp_path_factory, one_thread) -> Path:
     spec = load_spec("yolov5n-obb")
     spec["width_multiple"] = 0.125
     model = build(spec, nc=2, names=["red", "green"])
-    crit = OBBLoss(model, scale_gains(DEFAULT_HYP, nl=3, nc=2, imgsz=SIZE))
+    crit = OBBLoss(model, scale_gains(load_hyp(), nl=3, nc=2, imgsz=SIZE))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(150):

@@ -87,7 +87,7 @@ def small_net() -> nn.Module:
 
 def test_param_groups_split_decay_bn_bias():
     net = small_net()
-    opt = optim.build_optimizer(net, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    opt = optim.build_optimizer(net, lr=0.01, momentum=0.9, weight_decay=5e-4, name="SGD")
     bias, decay, bn = (g["params"] for g in opt.param_groups)
     assert [p.shape for p in decay] == [net[0].weight.shape, net[2].weight.shape]
     assert [p is net[1].weight for p in bn] == [True]
@@ -100,13 +100,13 @@ def test_param_groups_split_decay_bn_bias():
 
 def test_accumulate_and_weight_decay_scaling():
     assert (
-        optim.accumulate_steps(16) == 4
-        and optim.accumulate_steps(128) == 1
-        and optim.accumulate_steps(24) == 3
+        optim.accumulate_steps(16, 64) == 4
+        and optim.accumulate_steps(128, 64) == 1
+        and optim.accumulate_steps(24, 64) == 3
     )
-    assert optim.scaled_weight_decay(5e-4, 16) == pytest.approx(5e-4)  # 16 * 4 = 64
-    assert optim.scaled_weight_decay(5e-4, 24) == pytest.approx(5e-4 * 72 / 64)
-    assert optim.scaled_weight_decay(5e-4, 128) == pytest.approx(1e-3)
+    assert optim.scaled_weight_decay(5e-4, 16, 64) == pytest.approx(5e-4)  # 16 * 4 = 64
+    assert optim.scaled_weight_decay(5e-4, 24, 64) == pytest.approx(5e-4 * 72 / 64)
+    assert optim.scaled_weight_decay(5e-4, 128, 64) == pytest.approx(1e-3)
 
 
 def test_lr_schedules():
@@ -118,8 +118,8 @@ def test_lr_schedules():
 
 def test_warmup_values():
     net = small_net()
-    hyp = {"momentum": 0.937, "warmup_momentum": 0.8, "warmup_bias_lr": 0.1}
-    opt = optim.build_optimizer(net, lr=0.01, momentum=0.937)
+    hyp = {"momentum": 0.937, "warmup_momentum": 0.8, "warmup_bias_lr": 0.1, "nbs": 64}
+    opt = optim.build_optimizer(net, lr=0.01, momentum=0.937, weight_decay=5e-4, name="SGD")
     lf = optim.lr_lambda(10, 0.01)
     acc = optim.set_lr(opt, hyp, lf, epoch=0, ni=0, nw=100, batch_size=16)
     assert acc == 1

@@ -25,11 +25,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from obbslim.data.augment import load_hyp
     from obbslim.data.show import show_dataset
 
-    hyp = load_hyp(args.hyp) if args.hyp else None
-    paths = show_dataset(args.data, args.split, args.out, args.n, args.augment, args.imgsz, args.seed, hyp)
+    paths = show_dataset(
+        args.data, args.split, args.out, args.n, args.augment, args.imgsz, args.seed, args.hyp
+    )
     for path in paths:
         print(path)
     return 0

@@ -12,15 +12,12 @@ and flips below use it too, so a polygon drawn on the image stays on the image a
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import cv2
 import numpy as np
 
 __all__ = [
-    "HYP_DEFAULT",
-    "load_hyp",
     "letterbox",
     "letterbox_polys",
     "mosaic4",
@@ -36,36 +33,8 @@ __all__ = [
     "to_rboxes",
 ]
 
-HYP_DEFAULT = Path(__file__).resolve().parents[1] / "cfg" / "hyp.default.yaml"
-
 # loader for mosaic4: index -> (img resized so the long side == size, polys in its pixels, cls)
 SampleLoader = Callable[[int], "tuple[np.ndarray, np.ndarray, np.ndarray]"]
-
-
-def load_hyp(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The hyperparameters: the project defaults, updated by a user YAML and then by ``overrides``.
-
-    Starting from the defaults means an older YAML that lacks a newer key still works.
-    """
-    import yaml
-
-    from obbslim.errors import InputError
-
-    hyp = yaml.safe_load(HYP_DEFAULT.read_text()) or {}
-    if path is not None:
-        path = Path(path)
-        try:
-            user = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise InputError(f"invalid YAML: {e}", path, None if mark is None else mark.line + 1) from e
-        if user is None:
-            user = {}
-        if not isinstance(user, dict):
-            raise InputError("hyperparameter file must be a mapping of key: value", path)
-        hyp.update(user)
-    hyp.update(overrides or {})
-    return hyp
 
 
 def _polys(polys: np.ndarray | None) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from obbslim.cfg import load_hyp
 from obbslim.data.augment import (
     augment_hsv,
     filter_polys,
@@ -32,7 +33,6 @@ from obbslim.data.augment import (
     flip_ud,
     letterbox,
     letterbox_polys,
-    load_hyp,
     mixup,
     mosaic4,
     poly_area,
@@ -76,7 +76,7 @@ class OBBDataset(Dataset):
             raise InputError("no images to load (empty split)")
         self.imgsz = int(imgsz)
         self.augment = bool(augment)
-        self.hyp = load_hyp(overrides=hyp)
+        self.hyp = load_hyp(hyp)
         self.rect = bool(rect)
         self.mosaic = self.augment and not self.rect
         self.stride = int(stride)
@@ -181,7 +181,7 @@ class OBBDataset(Dataset):
         if self.mosaic and rng.random() < hyp["mosaic"]:
             s = self.imgsz
             img, polys, cls = mosaic4(self._mosaic_loader, [i, *rng.integers(0, n, 3)], s, rng)
-            if rng.random() < hyp.get("mixup", 0.0):
+            if rng.random() < hyp["mixup"]:
                 img2, polys2, cls2 = mosaic4(self._mosaic_loader, list(rng.integers(0, n, 4)), s, rng)
                 img, polys, cls = mixup(img, polys, cls, img2, polys2, cls2, rng)
             border = (-(s // 2), -(s // 2))
@@ -200,7 +200,7 @@ class OBBDataset(Dataset):
             img, polys, sc = random_affine(
                 img, polys, rng, hyp["degrees"], hyp["translate"], hyp["scale"], hyp["shear"], border
             )
-            keep = filter_polys(polys, img.shape[:2], hyp.get("min_size", 2.0), area_before=area0, scale=sc)
+            keep = filter_polys(polys, img.shape[:2], hyp["min_size"], area_before=area0, scale=sc)
             polys, cls = polys[keep], cls[keep]
             img = augment_hsv(img, rng, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
             if rng.random() < hyp["flipud"]:

@@ -179,7 +179,7 @@ def show_dataset(
     augment: bool = False,
     imgsz: int = 640,
     seed: int = 0,
-    hyp: dict[str, Any] | None = None,
+    hyp: str | Path | dict[str, Any] | None = None,
     cache: bool = True,
     max_size: int = 2048,
 ) -> list[Path]:

@@ -22,7 +22,7 @@ def de_parallel(model: nn.Module) -> nn.Module:
 class ModelEMA:
     """Keep a moving average of everything in the model's state_dict (BN buffers included)."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000, updates: int = 0):
+    def __init__(self, model: nn.Module, decay: float, tau: float, updates: int = 0):
         self.ema = copy.deepcopy(de_parallel(model)).eval()
         self.updates = updates
         self.decay_max = decay

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from obbslim.cfg import load_hyp
 from obbslim.engine import distributed as ddp
 from obbslim.engine.ema import ModelEMA, de_parallel
 from obbslim.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay, set_lr
@@ -42,7 +43,6 @@ from obbslim.engine.runs import ResultsCSV, increment_path, plain, plot_results,
 from obbslim.engine.trainer_utils import (
     StopRequest,
     find_resume_checkpoint,
-    load_hyp,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -157,7 +157,7 @@ def _train(
     if main:
         wdir.mkdir(parents=True, exist_ok=True)
     seed_everything(opts["seed"] + 1 + max(info.rank, 0))
-    hyp = ckpt["hyp"] if ckpt else load_hyp(opts["hyp"])
+    hyp = load_hyp(ckpt["hyp"] if ckpt else opts["hyp"])  # an older checkpoint may lack newer keys
     epochs, batch, cuda = int(opts["epochs"]), int(opts["batch"]), dev.type == "cuda"
     use_amp = bool(opts["amp"]) and cuda
     if batch % info.world_size:
@@ -200,11 +200,11 @@ def _train(
         net,
         hyp["lr0"],
         hyp["momentum"],
-        scaled_weight_decay(hyp["weight_decay"], batch, hyp.get("nbs", 64)),
-        hyp.get("optimizer", "SGD"),
+        scaled_weight_decay(hyp["weight_decay"], batch, hyp["nbs"]),
+        hyp["optimizer"],
     )
-    lf = lr_lambda(epochs, hyp["lrf"], hyp.get("lr_schedule", "cosine"))
-    ema = ModelEMA(net, hyp.get("ema_decay", 0.9999), hyp.get("ema_tau", 2000)) if main else None
+    lf = lr_lambda(epochs, hyp["lrf"], hyp["lr_schedule"])
+    ema = ModelEMA(net, hyp["ema_decay"], hyp["ema_tau"]) if main else None
     after_backward = _attach_extra(extra_loss, net, optimizer, hyp, dev, info, after_backward)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, best_fitness, best_epoch, elapsed0 = 0, -1.0, -1, 0.0
@@ -267,12 +267,12 @@ def _train(
         log(
             f"training {len(train_samples)} images ({len(val_samples)} val) at {imgsz} px on {dev}"
             f"{f' x{info.world_size} (DDP)' if info.enabled else ''}, batch {batch}, "
-            f"accumulate {accumulate_steps(batch, hyp.get('nbs', 64))}, AMP {use_amp} -> {save_dir}"
+            f"accumulate {accumulate_steps(batch, hyp['nbs'])}, AMP {use_amp} -> {save_dir}"
         )
 
     nb = len(train_loader)
     nw = (
-        max(round(hyp["warmup_epochs"] * nb), hyp.get("warmup_min_iters", 100))
+        max(round(hyp["warmup_epochs"] * nb), hyp["warmup_min_iters"])
         if hyp["warmup_epochs"] > 0
         else 0
     )
@@ -405,7 +405,7 @@ def _train(
             per = np.mean(epoch_times) if epoch_times else time.time() - te
             epochs = epoch + 1 + int(max(opts["time_limit"] * 3600 - (time.time() - t0), 0) // per)
             epochs = int(ddp.broadcast_value(float(epochs), info, dev))
-            lf = lr_lambda(epochs, hyp["lrf"], hyp.get("lr_schedule", "cosine"))
+            lf = lr_lambda(epochs, hyp["lrf"], hyp["lr_schedule"])
             if sparsity is not None:
                 sparsity.epochs = epochs  # the lambda schedule spans the same estimate as the lr
         chunk_done = bool(opts["stop_after"]) and epoch + 1 - start_epoch >= opts["stop_after"]
@@ -485,7 +485,7 @@ def _step(net, optimizer, scaler, ema, hyp: dict, after_backward, epoch_frac: fl
     scaler.unscale_(optimizer)
     if after_backward is not None:
         after_backward(de_parallel(net), epoch_frac)
-    torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm=hyp.get("clip_grad_norm", 10.0))
+    torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm=hyp["clip_grad_norm"])
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
