@@ -23,13 +23,12 @@ from obbslim.data.augment import (
     letterbox_polys,
     mixup,
     mosaic4,
-    poly_area,
     random_affine,
     to_rboxes,
     warp_affine,
 )
 from obbslim.errors import InputError
-from obbslim.ops import poly2rbox, rbox2poly
+from obbslim.ops import poly2rbox, poly_area, rbox2poly
 
 # ----------------------------------------------------------------------------------------- helpers
 

@@ -15,8 +15,9 @@ from obbslim.data import cache as cache_mod
 from obbslim.data import labels
 from obbslim.data.classes import DOTA_V1_0, DOTA_V1_5, DOTA_V2_0, class_index, dota_names, normalize_name
 from obbslim.data.imageinfo import image_size
-from obbslim.data.labels import load_data_yaml, load_split, quad_area
+from obbslim.data.labels import load_data_yaml, load_split
 from obbslim.errors import InputError
+from obbslim.ops import quad_area
 
 # ------------------------------------------------------------------------------------------ classes
 

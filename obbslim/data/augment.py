@@ -17,6 +17,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from obbslim.ops import poly_area
+
 __all__ = [
     "letterbox",
     "letterbox_polys",
@@ -29,7 +31,6 @@ __all__ = [
     "augment_hsv",
     "mixup",
     "filter_polys",
-    "poly_area",
     "to_rboxes",
 ]
 
@@ -277,12 +278,6 @@ def filter_polys(
     if area_before is not None:
         keep &= poly_area(p) >= area_thr * np.asarray(area_before, np.float64) * scale**2
     return keep
-
-
-def poly_area(polys: np.ndarray) -> np.ndarray:
-    """Shoelace area (absolute) of each quad."""
-    x, y = polys[:, 0::2].astype(np.float64), polys[:, 1::2].astype(np.float64)
-    return 0.5 * np.abs((x * np.roll(y, -1, 1) - np.roll(x, -1, 1) * y).sum(1))
 
 
 def to_rboxes(polys: np.ndarray) -> np.ndarray:

@@ -35,11 +35,11 @@ from obbslim.data.augment import (
     letterbox_polys,
     mixup,
     mosaic4,
-    poly_area,
     random_affine,
     to_rboxes,
 )
 from obbslim.errors import InputError
+from obbslim.ops import poly_area
 
 __all__ = ["OBBDataset", "collate_fn", "build_dataloader", "EpochSampler", "RectBatchSampler", "set_epoch"]
 

@@ -18,6 +18,7 @@ import numpy as np
 from obbslim.data.classes import class_index, dota_names, normalize_name
 from obbslim.data.imageinfo import IMG_FORMATS, image_size
 from obbslim.errors import InputError
+from obbslim.ops import quad_area
 
 SPLITS = ("train", "val", "test")
 LABEL_DIRS = {"yolo": "labels", "labeltxt": "labelTxt"}  # label format -> folder that replaces images/
@@ -307,18 +308,6 @@ def _parse_label_file(
     return polys, c.astype(np.int64), np.zeros(len(arr), np.int64), lines
 
 
-def quad_area(polys: np.ndarray) -> np.ndarray:
-    """Area of each quad [N,8]; the largest over the three vertex orders, so a bow-tie quad counts fully."""
-    p = np.asarray(polys, dtype=np.float64).reshape(-1, 4, 2)
-    best = np.zeros(len(p))
-    for order in ((0, 1, 2, 3), (0, 1, 3, 2), (0, 2, 1, 3)):
-        q = p[:, order]
-        x, y = q[..., 0], q[..., 1]
-        a = 0.5 * np.abs((x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(1))
-        best = np.fmax(best, a)
-    return np.where(np.isfinite(p).all((1, 2)), best, np.nan)
-
-
 def _scan_one(item: tuple) -> dict:
     """Scan one image and its label file; all problems become messages, never exceptions."""
     im_file, lb_file, fmt, index, nc = item
@@ -440,5 +429,4 @@ __all__ = [
     "label_path",
     "detect_format",
     "find_orphans",
-    "quad_area",
 ]

@@ -23,9 +23,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from obbslim.data.imageinfo import IMG_FORMATS
 from obbslim.errors import InputError
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _EPS = 1e-6  # pixels: vertices closer than this are duplicates
 
 
@@ -334,7 +334,7 @@ def _write_tile_labels(path: Path, label: Any, polys: np.ndarray, window, keep_t
 
 # ----------------------------------------------------------------------------- the dataset
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_FORMATS)
 
 
 def _worker_init() -> None:
@@ -376,8 +376,8 @@ def split_dataset(
     if not 0 <= keep_thr <= 1:
         raise InputError(f"keep_thr must be in [0, 1], got {keep_thr}")
     ext = ext if ext.startswith(".") else "." + ext
-    if ext.lower() not in IMAGE_EXTS:
-        raise InputError(f"unsupported tile format {ext!r}; use one of {', '.join(IMAGE_EXTS)}")
+    if ext.lower() not in IMG_FORMATS:
+        raise InputError(f"unsupported tile format {ext!r}; use one of {', '.join(IMG_FORMATS)}")
     tile_windows(size, size, size, gap)  # validates size and gap
     out_images, out_labels = dst / "images", dst / "labelTxt"
     if out_images.resolve() == images_dir.resolve():

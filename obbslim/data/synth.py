@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from obbslim.errors import ObbslimError
+from obbslim.ops import poly_area
 
 CLASSES = ("small-vehicle", "large-vehicle", "plane", "ship", "storage-tank")
 CLASS_WEIGHTS = (0.3, 0.2, 0.15, 0.2, 0.15)
@@ -205,8 +206,7 @@ def _place(
     holds the placed boxes' pixel counts. Both are updated when `o` is accepted.
     """
     quad = o.label.reshape(4, 2)
-    x, y = quad[:, 0], quad[:, 1]
-    area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    area = float(poly_area(o.label.reshape(1, 8))[0])
     x0, y0, x1, y1 = _roi(quad, *owner.shape)
     if area < 1 or x1 <= x0 or y1 <= y0:
         return False

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from obbslim.errors import ObbslimError
+from obbslim.utils.device import select_device
 
 COLUMNS = [  # (key, header, format)
     ("mAP50", "mAP50", "{:.4f}"),
@@ -212,9 +213,7 @@ def benchmark(
     for w in weights:  # fail before the (long) runs, with the file's name
         read_checkpoint(w)
     labels = _labels(weights, names)
-    dev = torch.device(device if device not in ("", None) else "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ObbslimError("benchmark: --device cuda but CUDA is not available")
+    dev = select_device(device)
     threads_before = torch.get_num_threads()
     torch_threads = int(threads) if threads else threads_before
     sync = torch.cuda.synchronize if dev.type == "cuda" else None

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from obbslim.data.classes import class_key
+from obbslim.data.imageinfo import IMG_FORMATS
 from obbslim.errors import InputError
-
-IMG_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
 def list_sources(source: str | Path | Sequence[str | Path]) -> list[str]:
@@ -26,33 +26,28 @@ def list_sources(source: str | Path | Sequence[str | Path]) -> list[str]:
         return sorted({f for s in source for f in list_sources(s)})
     text = str(source)
     if any(ch in text for ch in "*?["):
-        files = [f for f in glob.glob(text, recursive=True) if Path(f).suffix.lower() in IMG_EXTS]
+        files = [f for f in glob.glob(text, recursive=True) if Path(f).suffix.lower() in IMG_FORMATS]
         if not files:
             raise InputError("no images match this pattern", text)
         return sorted(set(files))
     p = Path(text)
     if p.is_dir():
-        files = [str(q) for q in sorted(p.iterdir()) if q.suffix.lower() in IMG_EXTS and q.is_file()]
+        files = [str(q) for q in sorted(p.iterdir()) if q.suffix.lower() in IMG_FORMATS and q.is_file()]
         if not files:
-            raise InputError(f"no images ({', '.join(IMG_EXTS)}) in this folder", p)
+            raise InputError(f"no images ({', '.join(IMG_FORMATS)}) in this folder", p)
         return files
     if p.is_file():
         return [str(p)]
     raise InputError("no such image, folder or pattern", p)
 
 
-def dota_class(name: str) -> str:
-    """Class names go in whitespace-separated files: DOTA spelling, spaces become hyphens."""
-    return name.strip().replace(" ", "-")
-
-
 def task1_records(dets: Iterable[tuple[str, Any]], names: Sequence[str]) -> dict[str, list]:
     """``{class: [(image_id, score, poly8)]}`` for ``write_task1``, every class present (maybe empty)."""
-    out: dict[str, list] = {dota_class(n): [] for n in names}
+    out: dict[str, list] = {class_key(n): [] for n in names}
     for image_id, d in dets:
         polys = d.polys
         for p, s, c in zip(polys, d.scores.tolist(), d.cls.tolist()):
-            name = dota_class(names[c]) if 0 <= c < len(names) else str(c)
+            name = class_key(names[c]) if 0 <= c < len(names) else str(c)
             out.setdefault(name, []).append((image_id, s, p))
     return out
 
@@ -70,7 +65,7 @@ def write_txt(path: str | Path, d: Any) -> None:
     from obbslim.utils.io import atomic_write_text
 
     lines = [
-        " ".join(f"{v:.2f}" for v in p) + f" {dota_class(n)} {s:.6f}\n"
+        " ".join(f"{v:.2f}" for v in p) + f" {class_key(n)} {s:.6f}\n"
         for p, n, s in zip(d.polys.tolist(), d.labels, d.scores.tolist())
     ]
     atomic_write_text(path, "".join(lines))

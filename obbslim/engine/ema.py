@@ -12,11 +12,7 @@ import math
 import torch
 from torch import nn
 
-
-def de_parallel(model: nn.Module) -> nn.Module:
-    """The plain model inside a DataParallel / DistributedDataParallel wrapper."""
-    wrapped = isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
-    return model.module if wrapped else model
+from obbslim.utils.device import de_parallel
 
 
 class ModelEMA:

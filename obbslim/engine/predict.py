@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from obbslim.errors import InputError, ObbslimError
+from obbslim.utils.device import select_device
 
 
 @dataclass
@@ -61,21 +62,6 @@ class Window:
     size: int
     ratio: tuple[float, float] = (1.0, 1.0)
     pad: tuple[int, int] = (0, 0)
-
-
-def select_device(device: str | int | torch.device | None) -> torch.device:
-    """None/'' -> first GPU if any else CPU; 'cpu', '0', 'cuda:0', 1 -> that device."""
-    if isinstance(device, torch.device):
-        return device
-    d = "" if device is None else str(device).strip().lower().replace("cuda:", "")
-    if d == "cpu" or (d == "" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ObbslimError(f"device {device!r} requested but CUDA is not available (use cpu)")
-    try:
-        return torch.device("cuda", int(d.split(",")[0] or 0))
-    except ValueError:
-        raise ObbslimError(f"unknown device {device!r}: use cpu, 0, 1, ... or cuda:N") from None
 
 
 def read_image(source: str | Path | np.ndarray) -> tuple[np.ndarray, str | None]:

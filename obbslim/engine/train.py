@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from obbslim.cfg import load_hyp
 from obbslim.engine import distributed as ddp
-from obbslim.engine.ema import ModelEMA, de_parallel
+from obbslim.engine.ema import ModelEMA
 from obbslim.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay, set_lr
 from obbslim.engine.runs import ResultsCSV, increment_path, plain, plot_results, write_yaml
 from obbslim.engine.trainer_utils import (
@@ -49,6 +49,7 @@ from obbslim.engine.trainer_utils import (
 )
 from obbslim.engine.validate import fitness, validate
 from obbslim.errors import ObbslimError
+from obbslim.utils.device import de_parallel, select_device
 
 MAX_BAD_STEPS = 10  # consecutive NaN/inf losses before training stops
 RUNTIME_KEYS = ("device", "workers", "stop_after", "verbose")  # what --resume lets you change
@@ -110,7 +111,9 @@ def train(
     """
     opts = {k: v for k, v in locals().items() if k not in ("after_backward", "extra_loss", "on_epoch_end")}
     info = ddp.dist_info()
-    dev = ddp.select_device(device, info)
+    dev = select_device(device, info.local_rank, info.world_size)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     ddp.init(info, dev)
     try:
         with StopRequest() as stop:  # from here on SIGINT/SIGTERM stop cleanly at the next step

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from obbslim.errors import InputError, ObbslimError
+from obbslim.utils.device import select_device
 
 
 def metric_rows(res07: dict, res12: list[dict], classes: list[str]) -> dict[str, dict[str, float]]:
@@ -157,7 +158,6 @@ def _val_split(
 ) -> dict:
     from obbslim.data.dataset import build_dataloader
     from obbslim.data.labels import load_data_yaml, load_split
-    from obbslim.engine.predict import select_device
     from obbslim.engine.validate import validate
     from obbslim.model import load
 

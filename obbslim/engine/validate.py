@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from obbslim.utils.device import de_parallel
+
 IOU_THRS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
 
 
@@ -50,7 +52,6 @@ def validate(
     """
     import time
 
-    from obbslim.engine.ema import de_parallel
     from obbslim.engine.postprocess import postprocess, scale_rboxes
     from obbslim.ops import rbox2poly
 

@@ -27,16 +27,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from obbslim.data.classes import class_key
 from obbslim.data.labeltxt import read_labeltxt, read_task1
 from obbslim.errors import InputError
+from obbslim.ops import poly_area
 
 METRICS = ("voc07", "voc12")
 _PAIR_CHUNK = 1 << 20  # candidate pairs handled per IoU call (bounds memory)
-
-
-def class_key(name: str) -> str:
-    """DOTA spells class names with hyphens; a space means the same ("small vehicle")."""
-    return name.strip().replace(" ", "-")
 
 
 def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool = False) -> float:
@@ -60,11 +57,6 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool = False) -> fl
 def _hbb(polys: np.ndarray) -> np.ndarray:
     xs, ys = polys[:, 0::2], polys[:, 1::2]
     return np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1)
-
-
-def _area(polys: np.ndarray) -> np.ndarray:
-    x, y = polys[:, 0::2], polys[:, 1::2]
-    return 0.5 * np.abs((x * np.roll(y, -1, 1) - y * np.roll(x, -1, 1)).sum(1))
 
 
 def _aligned_poly_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -100,7 +92,7 @@ def best_candidates(
     count = np.searchsorted(skey, det_key, "right") - start
     count[det_key < 0] = 0
     dbox, gbox = _hbb(det_polys), _hbb(gt_polys)
-    darea, garea = _area(det_polys), _area(gt_polys)
+    darea, garea = poly_area(det_polys), poly_area(gt_polys)
     ends = np.cumsum(count)
     lo = 0
     while lo < nd:  # chunks of detections, each with about _PAIR_CHUNK candidate pairs

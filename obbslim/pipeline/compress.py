@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from obbslim.errors import ObbslimError
+from obbslim.utils.device import select_device
 
 STAGES = ("1_baseline", "2_sparse", "3_prune", "4_distill", "4_finetune", "5_benchmark")
 ROW_NAMES = ("baseline", "sparse", "pruned", "pruned+finetune", "pruned+distill")
@@ -174,18 +175,6 @@ def _find_run(resume: str | Path | bool, project: str | Path) -> Path:
     if not (path / ARGS_FILE).is_file():
         raise ObbslimError(f"--resume {path}: not a compress run dir (no {ARGS_FILE})")
     return path
-
-
-def eval_device(device: str) -> str:
-    """train()'s device string ('', 'cpu', '0', '0,1') as one torch device for pruning and benchmarking."""
-    import torch
-
-    d = str(device or "").strip().lower()
-    if d in ("", "cuda"):
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if d.replace(",", "").isdigit():
-        return f"cuda:{d.split(',')[0]}"
-    return d
 
 
 def _cmd(*parts: Any, **flags: Any) -> str:
@@ -343,7 +332,7 @@ class _Pipeline:
 
     def run_all(self) -> None:
         o, d = self.o, self.dir
-        dev = eval_device(o["device"])
+        dev = str(select_device(o["device"]))  # one device for pruning and benchmarking
         common = self._train_common()
         cli_common = dict(
             imgsz=o["imgsz"],

@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from obbslim.errors import ObbslimError
+from obbslim.utils.device import select_device
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:
@@ -121,7 +122,7 @@ def _map50(model: nn.Module, data: Any, imgsz: int, batch: int, device: str) -> 
     from obbslim.engine.validate import validate
 
     loader = build_dataloader(data, "val", imgsz, batch, augment=False, workers=0)
-    return float(validate(model.to(device), loader, progress=False)["mAP50"])
+    return float(validate(model.to(select_device(device)), loader, progress=False)["mAP50"])
 
 
 def prune_checkpoint(
