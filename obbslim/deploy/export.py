@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,45 +33,14 @@ OUTPUT_DOC = "output [B, N, 6 + nc]: cx, cy, w, h, theta (rad), obj, class probs
 
 
 class ExportModel(nn.Module):
-    """The fused model plus the decode of Detect without the theta probabilities.
-
-    Same formulas as ``Detect.decode`` (the parity test holds them equal), minus the sigmoid of the
-    180 theta bins, which would cost more than the rest of the decode for a column nobody reads.
-    """
+    """The fused model with its own head decode (``Detect.decode``) minus the 180 theta probabilities."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ys: list[Any] = []
-        for m in self.model.model[:-1]:  # OBBModel.forward's routing, up to the head
-            if m.f != -1:
-                x = ys[m.f] if isinstance(m.f, int) else [x if j == -1 else ys[j] for j in m.f]
-            x = m(x)
-            ys.append(x if m.i in self.model.save else None)
-        det = self.model.detect
-        nc, na, out = det.nc, det.na, []
-        for i, j in enumerate(det.f):
-            p = det.m[i](x if j == -1 else ys[j])
-            bs, _, ny, nx = p.shape
-            p = p.view(bs, na, det.no, ny, nx).permute(0, 1, 3, 4, 2)
-            yv, xv = torch.meshgrid(
-                torch.arange(ny, dtype=p.dtype, device=p.device),
-                torch.arange(nx, dtype=p.dtype, device=p.device),
-                indexing="ij",
-            )
-            grid = (torch.stack((xv, yv), 2) - 0.5).view(1, 1, ny, nx, 2)
-            xy = (p[..., 0:2].sigmoid() * 2 + grid) * det.stride[i].to(p.dtype)
-            wh = (p[..., 2:4].sigmoid() * 2) ** 2 * det.anchors[i].to(p.dtype).view(1, na, 1, 1, 2)
-            if det.nbins:
-                k = p[..., 5 + nc :].argmax(-1, keepdim=True).to(p.dtype)
-                theta = k * (math.pi / det.nbins) - math.pi / 2
-            else:
-                theta = torch.zeros_like(p[..., :1])
-            y = torch.cat((xy, wh, theta, p[..., 4 : 5 + nc].sigmoid()), -1)
-            out.append(y.reshape(bs, -1, 6 + nc))
-        return torch.cat(out, 1)
+        return self.model.detect.decode(self.model.forward_raw(x), theta_probs=False)
 
 
 def _as_model(weights: Any) -> tuple[nn.Module, Path | None]:
