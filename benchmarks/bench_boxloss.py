@@ -25,8 +25,8 @@ from obbslim.cfg import load_hyp
 from obbslim.data.labels import load_split
 from obbslim.data.synth import make_synthetic
 from obbslim.engine.loss import OBBLoss, scale_gains
-from obbslim.engine.postprocess import postprocess
 from obbslim.eval import evaluate_images
+from obbslim.inference.postprocess import postprocess
 from obbslim.model import build
 
 

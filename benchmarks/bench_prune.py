@@ -33,7 +33,7 @@ def latency_ms(weights: Path, imgsz: int, runs: int, threads: int, work: Path) -
 
     try:
         from obbslim.deploy.export import export_onnx
-        from obbslim.deploy.onnx_backend import OnnxModel
+        from obbslim.inference.onnx_backend import OnnxModel
 
         path = export_onnx(weights, imgsz=imgsz, out=work / (weights.stem + f"_{imgsz}.onnx"), verbose=False)
         om = OnnxModel(path, providers=["CPUExecutionProvider"], threads=threads)
@@ -88,7 +88,7 @@ def main() -> None:
     from obbslim.data.synth import make_synthetic
     from obbslim.distill import distill
     from obbslim.engine.train import train
-    from obbslim.prune.report import prune_checkpoint
+    from obbslim.prune import prune_checkpoint
 
     t_start = time.time()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_prune_"))

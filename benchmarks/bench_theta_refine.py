@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from obbslim import ops
-from obbslim.engine.postprocess import postprocess
-from obbslim.engine.validate import IOU_THRS
+from obbslim.eval.validate import IOU_THRS
+from obbslim.inference.postprocess import postprocess
 
 
 def angle_err_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:

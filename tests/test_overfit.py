@@ -16,8 +16,8 @@ import torch
 from obbslim import ops
 from obbslim.cfg import load_hyp
 from obbslim.engine.loss import OBBLoss, scale_gains
-from obbslim.engine.postprocess import postprocess
 from obbslim.eval import evaluate_images
+from obbslim.inference.postprocess import postprocess
 from obbslim.model import build, load_spec
 
 SIZE = 96

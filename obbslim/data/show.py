@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from obbslim.options import ShowConfig
+
 __all__ = ["class_color", "draw_rboxes", "plot_batch", "plot_labels", "show_dataset", "DIFFICULT_COLOR"]
 
 # Ultralytics palette (RGB hex), used as BGR class colours
@@ -175,11 +177,11 @@ def show_dataset(
     data: Any,
     split: str,
     out: str | Path,
-    n: int = 16,
-    augment: bool = False,
-    imgsz: int = 640,
-    seed: int = 0,
-    hyp: str | Path | dict[str, Any] | None = None,
+    n: int = ShowConfig.n,
+    augment: bool = ShowConfig.augment,
+    imgsz: int = ShowConfig.imgsz,
+    seed: int = ShowConfig.seed,
+    hyp: str | Path | dict[str, Any] | None = ShowConfig.hyp,
     cache: bool = True,
     max_size: int = 2048,
 ) -> list[Path]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from obbslim.data.imageinfo import IMG_FORMATS
 from obbslim.errors import InputError
+from obbslim.options import SplitConfig
 
 _EPS = 1e-6  # pixels: vertices closer than this are duplicates
 
@@ -346,13 +347,13 @@ def _worker_init() -> None:
 def split_dataset(
     src: str | Path,
     dst: str | Path,
-    size: int = 1024,
-    gap: int = 200,
-    rates: Iterable[float] = (1.0,),
-    keep_thr: float = 0.7,
-    images_only: bool = False,
-    workers: int | None = None,
-    ext: str = ".png",
+    size: int = SplitConfig.size,
+    gap: int = SplitConfig.gap,
+    rates: Iterable[float] = SplitConfig.rates,
+    keep_thr: float = SplitConfig.keep_thr,
+    images_only: bool = SplitConfig.images_only,
+    workers: int | None = SplitConfig.workers,
+    ext: str = SplitConfig.ext,
     progress: bool = True,
 ) -> dict:
     """Split a DOTA folder ``src`` (``images/``, ``labelTxt/``) into tiles under ``dst``.

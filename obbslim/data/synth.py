@@ -19,6 +19,7 @@ import numpy as np
 
 from obbslim.errors import ObbslimError
 from obbslim.ops import poly_area
+from obbslim.options import SynthConfig
 
 CLASSES = ("small-vehicle", "large-vehicle", "plane", "ship", "storage-tank")
 CLASS_WEIGHTS = (0.3, 0.2, 0.15, 0.2, 0.15)
@@ -272,12 +273,12 @@ def render_image(seed: int, index: int, size: int = 512) -> tuple[np.ndarray, li
 
 def make_synthetic(
     dst: str | Path,
-    n_images: int = 300,
-    size: int = 512,
-    seed: int = 0,
-    val_frac: float = 0.2,
-    overwrite: bool = False,
-    workers: int | None = None,
+    n_images: int = SynthConfig.n_images,
+    size: int = SynthConfig.size,
+    seed: int = SynthConfig.seed,
+    val_frac: float = SynthConfig.val_frac,
+    overwrite: bool = SynthConfig.overwrite,
+    workers: int | None = SynthConfig.workers,
 ) -> Path:
     """Write a DOTA-format synthetic dataset under `dst`; return the path of its data.yaml.
 

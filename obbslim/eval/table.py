@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from obbslim.options import EvaluateConfig
 from obbslim.utils.io import atomic_write_text
 
 
@@ -39,8 +40,8 @@ def evaluate_report(
     ann_dir: str | Path,
     imageset: str | Path | None = None,
     classes: Iterable[str] | None = None,
-    metric: str = "voc07",
-    iou_thr: float = 0.5,
+    metric: str = EvaluateConfig.metric,
+    iou_thr: float = EvaluateConfig.iou,
     json_path: str | Path | None = None,
 ) -> str:
     """Run ``evaluate_dota``, write the JSON summary if asked, and return the table text."""

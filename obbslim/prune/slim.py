@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from obbslim.errors import ObbslimError
+from obbslim.options import PruneConfig
 
 
 @dataclass
@@ -44,7 +45,8 @@ def _tp():
     return tp
 
 
-def _graph(model: nn.Module):
+def dependency_graph(model: nn.Module):
+    """torch-pruning's dependency graph of ``model`` (traced in eval mode) and the ignored Detect convs."""
     tp = _tp()
     detect = getattr(model, "detect", None)
     ignored = list(detect.m) if detect is not None else []
@@ -60,7 +62,8 @@ def _graph(model: nn.Module):
     return dg, ignored
 
 
-def _groups(dg, ignored):
+def coupled_groups(dg, ignored):
+    """Every coupled channel group rooted at a conv (the Detect output convs left out)."""
     return dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d])
 
 
@@ -76,10 +79,10 @@ def _items(group):
 def analyse(model: nn.Module) -> list[Group]:
     """The prunable groups and their channel scores (no change to the model)."""
     tp = _tp()
-    dg, ignored = _graph(model)
+    dg, ignored = dependency_graph(model)
     names = {m: n for n, m in model.named_modules()}
     out = []
-    for g in _groups(dg, ignored):
+    for g in coupled_groups(dg, ignored):
         root = g[0].dep.target.module
         width = int(root.out_channels)
         score = torch.full((width,), -math.inf)
@@ -156,7 +159,7 @@ def plan(
 def apply_plan(model: nn.Module, removals: dict[str, list[int]], fold: bool = True) -> dict[str, int]:
     """Remove the planned channels in place (folding their constant activations first when ``fold``)."""
     tp = _tp()
-    dg, ignored = _graph(model)
+    dg, ignored = dependency_graph(model)
     mods = dict(model.named_modules())
     stats = {"folded_bn": 0, "folded_bias": 0, "not_folded": 0}
     if fold and removals:
@@ -173,7 +176,7 @@ def apply_plan(model: nn.Module, removals: dict[str, list[int]], fold: bool = Tr
         stats = fold_constants(model, zero_bn, consumers)
     names = {m: n for n, m in model.named_modules()}
     done = set()
-    for g in _groups(dg, ignored):  # lazily regenerated: indices stay valid after each prune
+    for g in coupled_groups(dg, ignored):  # lazily regenerated: indices stay valid after each prune
         root = names[g[0].dep.target.module]
         if root in removals:
             g.prune(idxs=removals[root])
@@ -238,10 +241,10 @@ def prune(
     threshold: float | None = None,
     target_flops: float | None = None,
     target_params: float | None = None,
-    round_to: int = 8,
-    min_channels: int = 8,
-    fold: bool = True,
-    imgsz: int = 640,
+    round_to: int = PruneConfig.round_to,
+    min_channels: int = PruneConfig.min_channels,
+    fold: bool = PruneConfig.fold,
+    imgsz: int = PruneConfig.imgsz,
 ) -> nn.Module:
     """Slim ``model`` in place (and return it) by one criterion: ``ratio`` (fraction of the prunable
     BN channels removed, coupling, min_channels and round_to included), ``threshold`` (|gamma|), or

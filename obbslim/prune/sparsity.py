@@ -5,23 +5,36 @@ The penalty lambda * sum|gamma| is applied as its subgradient, lambda * sign(gam
 GradScaler has unscaled the gradients, so the term is never divided by the loss scale. With
 ``bias=True`` the BN shifts (beta) get the same L1 term, so pruned channels output ~act(0) = 0.
 
-``SparsityTraining`` also provides the ``on_epoch_end`` callback: the fraction of |gamma| below 1e-2
-and the current lambda become results.csv columns, and ``gamma_hist.png`` (an epoch x log10|gamma|
+``SparsityTraining`` also provides the per-epoch statistics: the fraction of |gamma| below 1e-2 and
+the current lambda become results.csv columns, and ``gamma_hist.png`` (an epoch x log10|gamma|
 heatmap, as in the network slimming paper's figure) is redrawn from ``gamma_hist.json`` each epoch.
+
+``SparsityCallback`` plugs it into the training engine, and :func:`sparse_train` is ``obbslim train``:
+the engine's ``train`` with that callback, configured by the sparsity options
+(:class:`~obbslim.options.SparseTrainConfig`), which checkpoints store, so ``--resume`` keeps them.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-SCHEDULES = ("constant", "linear", "cosine")
-WEIGHTINGS = ("none", "flops")
+from obbslim.engine.callbacks import Callback
+from obbslim.engine.train import TrainState, train
+from obbslim.options import SparseTrainConfig
+from obbslim.options.train import SPARSITY_SCHEDULES as SCHEDULES
+from obbslim.options.train import SPARSITY_WEIGHTINGS as WEIGHTINGS
+from obbslim.prune.slim import coupled_groups, dependency_graph
+from obbslim.utils.device import de_parallel
+from obbslim.utils.io import atomic_write_text
+
 END_FACTOR = 0.1  # linear/cosine decay lambda to 0.1 lambda at the end (the YOLOv5 slimming repos)
 HIST_BINS = np.linspace(-6.0, 1.0, 71)  # log10|gamma| bins of the histogram plot
 
@@ -41,14 +54,9 @@ def schedule_factor(schedule: str, progress: float) -> float:
 def _groups(model: nn.Module) -> tuple[nn.Module, list, dict]:
     """The coupled channel groups that obbslim.prune.slim prunes, traced on a CPU float copy of
     ``model`` (the live model stays where and as it is), the copy and its module names."""
-    import copy
-
-    from obbslim.prune.slim import _graph
-    from obbslim.prune.slim import _groups as coupled
-
     net = copy.deepcopy(model).cpu().float()
-    dg, ignored = _graph(net)
-    return net, list(coupled(dg, ignored)), {m: n for n, m in net.named_modules()}
+    dg, ignored = dependency_graph(net)
+    return net, list(coupled_groups(dg, ignored)), {m: n for n, m in net.named_modules()}
 
 
 def prunable_bn_names(model: nn.Module) -> list[str]:
@@ -229,8 +237,46 @@ class SparsityTraining:
             hist = json.loads(jpath.read_text()) if jpath.exists() else []
             hist = [h for h in hist if h["epoch"] < epoch]
             hist.append({"epoch": int(epoch), "counts": counts.tolist()})
-            from obbslim.utils.io import atomic_write_text
-
             atomic_write_text(jpath, json.dumps(hist))
             plot_gamma_hist(hist, self.run_dir / "gamma_hist.png")
         return {"gamma_lt_1e-2": stats["gamma_lt_1e-2"], "sparsity_lambda": lam}
+
+
+class SparsityCallback(Callback):
+    """Network slimming inside a training run, set by the run's options (``state.cfg``, so a resumed run
+    keeps its own): inert when ``sparsity`` is 0."""
+
+    def __init__(self) -> None:
+        self.sp: SparsityTraining | None = None
+
+    def before_train(self, state: TrainState) -> None:
+        c = state.cfg
+        if not getattr(c, "sparsity", 0.0):
+            return
+        self.name = "sparsity"  # recorded in the checkpoints: a resume needs this callback again
+        run_dir = state.save_dir if state.info.main and not c.noplots else None
+        self.sp = SparsityTraining(de_parallel(state.model), c.sparsity, c.sparsity_schedule or "constant",
+                                   state.epochs, bool(c.sparsity_bias), run_dir=run_dir,
+                                   weighting=c.sparsity_weighting or "none")  # fmt: skip
+
+    def after_backward(self, state: TrainState, epoch_frac: float) -> None:
+        if self.sp is not None:
+            self.sp.epochs = state.epochs  # the lambda schedule spans what the lr schedule spans
+            self.sp.after_backward(de_parallel(state.model), epoch_frac)
+
+    def after_epoch(self, state: TrainState, epoch: int) -> dict:
+        if self.sp is None:
+            return {}
+        self.sp.epochs = state.epochs
+        return self.sp.on_epoch_end(de_parallel(state.model), epoch)
+
+
+def sparse_train(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> dict[str, Any]:
+    """``obbslim train``: the training engine with network slimming's sparsity when ``sparsity`` > 0.
+
+    ``sparse_train(data, model, epochs, **options)`` with the options of
+    :class:`~obbslim.options.SparseTrainConfig` (the engine's and ``sparsity``, ``sparsity_schedule``,
+    ``sparsity_bias``, ``sparsity_weighting``); returns the engine's result dict."""
+    cfg = SparseTrainConfig.of(*args, **options)
+    return train(cfg, callbacks=[SparsityCallback(), *callbacks])
+

@@ -44,3 +44,14 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
+    """runs/train/exp -> runs/train/exp2, exp3, ... unless exist_ok (then the path itself)."""
+    path = Path(path)
+    if exist_ok or not path.exists():
+        return path
+    n = 2
+    while (path.parent / f"{path.name}{n}").exists():
+        n += 1
+    return path.parent / f"{path.name}{n}"

@@ -108,7 +108,7 @@ def load_weights(
         raise ObbslimError(f"{path}: weights file not found")
     if path.suffix.lower() == ".onnx":
         try:
-            from obbslim.deploy.onnx_backend import OnnxModel
+            from obbslim.inference.onnx_backend import OnnxModel
         except ImportError as e:
             raise ObbslimError(f"{path}: ONNX inference needs onnxruntime ({e})") from None
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else [
@@ -230,7 +230,7 @@ class Detector:
 
     def postprocess(self, decoded: torch.Tensor, wins: Sequence[Window]) -> list[tuple[np.ndarray, ...]]:
         """Decoded batch -> per window ``(rboxes in window pixels, scores, cls)`` numpy arrays."""
-        from obbslim.engine.postprocess import postprocess, scale_rboxes
+        from obbslim.inference.postprocess import postprocess, scale_rboxes
 
         outs = postprocess(
             decoded.float(),

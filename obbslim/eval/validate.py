@@ -52,7 +52,7 @@ def validate(
     """
     import time
 
-    from obbslim.engine.postprocess import postprocess, scale_rboxes
+    from obbslim.inference.postprocess import postprocess, scale_rboxes
     from obbslim.ops import rbox2poly
 
     model = de_parallel(model)
