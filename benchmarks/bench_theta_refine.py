@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from obbslim import ops
-from obbslim.eval.validate import IOU_THRS
+from obbslim.eval.metrics import IOU_THRS
 from obbslim.inference.postprocess import postprocess
 
 

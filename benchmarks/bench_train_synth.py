@@ -38,7 +38,7 @@ def main() -> None:
     from obbslim.data.synth import make_synthetic
     from obbslim.engine.runs import ResultsCSV
     from obbslim.engine.train import train
-    from obbslim.eval.validate import validate
+    from obbslim.eval.metrics import validate
     from obbslim.model import load
 
     hyp = load_hyp(args.hyp)

@@ -19,7 +19,7 @@ from obbslim import ops
 from obbslim.data.augment import letterbox_polys
 from obbslim.data.split import clip_objects, tile_windows
 from obbslim.errors import InputError, ObbslimError
-from obbslim.inference.predict import Detections, Detector
+from obbslim.inference.detector import Detections, Detector
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -401,7 +401,7 @@ def test_unwritable_cache_falls_back_with_a_note(dota8_copy, monkeypatch):
     def refuse(path, data):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("obbslim.utils.io.atomic_write_bytes", refuse)
+    monkeypatch.setattr("obbslim.data.cache.atomic_write_bytes", refuse)
     samples, rep = load_split(dota8_copy, "val", verbose=False)
     assert len(samples) == 4 and rep.cache_file is None
     assert any("label cache not written" in n and "Permission denied" in n for n in rep.notes)

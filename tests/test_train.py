@@ -179,7 +179,7 @@ def test_validate_perfect_predictions_score_one(synth):
     must give mAP 1 at every IoU threshold; shifted boxes must score lower."""
     from obbslim.data.dataset import build_dataloader
     from obbslim.data.labels import load_data_yaml, load_split
-    from obbslim.eval.validate import validate
+    from obbslim.eval.metrics import validate
 
     data = load_data_yaml(synth)
     samples, _ = load_split(data, "val", verbose=False)
@@ -218,7 +218,7 @@ def test_validate_perfect_predictions_score_one(synth):
 
 
 def test_fitness_is_voc07_map50():
-    from obbslim.eval.validate import fitness
+    from obbslim.eval.metrics import fitness
 
     assert fitness({"mAP50": 0.7, "mAP50_95": 0.1}) == 0.7
 

@@ -106,8 +106,8 @@ def test_metric_rows_hand_computed():
     """Class a: 2 objects, ranked TP, FP, TP -> VOC12 AP = 0.5 * 1 + 0.5 * 2/3, VOC07 (6 + 5 * 2/3) / 11;
     class b: 1 object found first -> AP 1. Exact matches: every IoU threshold counts the same."""
     from obbslim.eval import evaluate_images
+    from obbslim.eval.metrics import IOU_THRS
     from obbslim.eval.val import metric_rows
-    from obbslim.eval.validate import IOU_THRS
 
     g = ops.rbox2poly(np.array([[20, 20, 10, 4, 0.1], [60, 60, 12, 6, -0.4], [30, 70, 8, 4, 1.0]]))
     g = g.reshape(-1, 8)

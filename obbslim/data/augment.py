@@ -17,7 +17,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from obbslim.ops import poly_area
+from obbslim.ops import poly2rbox, poly_area
 
 __all__ = [
     "letterbox",
@@ -263,8 +263,6 @@ def filter_polys(
     clipped: a kept object may extend past the border (a convex object whose centre is inside keeps
     at least a quarter of its area inside, so no visible-area test is needed).
     """
-    from obbslim.ops import poly2rbox
-
     p = _polys(polys)
     if len(p) == 0:
         return np.zeros(0, bool)
@@ -282,8 +280,6 @@ def filter_polys(
 
 def to_rboxes(polys: np.ndarray) -> np.ndarray:
     """Polygons -> rboxes ``(cx, cy, w, h, theta)`` float32 [N, 5] in the project convention."""
-    from obbslim.ops import poly2rbox
-
     p = _polys(polys)
     if len(p) == 0:
         return np.zeros((0, 5), np.float32)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import cv2
@@ -38,6 +39,7 @@ from obbslim.data.augment import (
     random_affine,
     to_rboxes,
 )
+from obbslim.data.labels import load_split
 from obbslim.errors import InputError
 from obbslim.ops import poly_area
 
@@ -97,8 +99,6 @@ class OBBDataset(Dataset):
         Image decoding dominates the loader (a mosaic reads 4 images per item); the cache costs about
         ``len(self) * imgsz**2 * 3`` bytes. Returns the bytes used.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
         self._cache = None
         with ThreadPoolExecutor(threads) as pool:
             items = list(pool.map(self._load_resized, range(len(self))))
@@ -318,8 +318,6 @@ def build_dataloader(
     if isinstance(data, (list, tuple)):
         samples = list(data)
     else:
-        from obbslim.data.labels import load_split
-
         samples, _ = load_split(data, split)
     rect = (not augment) if rect is None else rect
     shuffle = (augment and not rect) if shuffle is None else shuffle

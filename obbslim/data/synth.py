@@ -12,14 +12,18 @@ import math
 import os
 import shutil
 from dataclasses import dataclass, field
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from obbslim.data.labeltxt import write_labeltxt
 from obbslim.errors import ObbslimError
-from obbslim.ops import poly_area
+from obbslim.ops import norm_rbox, poly_area, rbox2poly
 from obbslim.options import SynthConfig
+from obbslim.utils.io import atomic_write_text
 
 CLASSES = ("small-vehicle", "large-vehicle", "plane", "ship", "storage-tank")
 CLASS_WEIGHTS = (0.3, 0.2, 0.15, 0.2, 0.15)
@@ -62,8 +66,6 @@ def _min_rect(points: np.ndarray) -> np.ndarray:
 
 
 def _rbox_quad(cx: float, cy: float, w: float, h: float, t: float) -> np.ndarray:
-    from obbslim.ops import norm_rbox, rbox2poly
-
     r = norm_rbox(np.array([[cx, cy, w, h, t]], np.float64))
     return rbox2poly(r)[0]
 
@@ -286,9 +288,6 @@ def make_synthetic(
     (DOTA labelTxt, difficult 0) and ``data.yaml`` (path ``.``, train, val, names). The files
     depend only on (seed, n_images, size, val_frac), not on `workers` (threads; default: CPU count).
     """
-    from obbslim.data.labeltxt import write_labeltxt
-    from obbslim.utils.io import atomic_write_text
-
     if n_images < 1 or size < 32 or not 0 <= val_frac <= 1:
         raise ObbslimError(
             f"need n_images >= 1, size >= 32 and 0 <= val_frac <= 1 (got {n_images}, {size}, {val_frac})"
@@ -310,10 +309,6 @@ def make_synthetic(
     for split in ("train", "val"):
         (dst / "images" / split).mkdir(parents=True, exist_ok=True)
         (dst / "labelTxt" / split).mkdir(parents=True, exist_ok=True)
-
-    from multiprocessing.pool import ThreadPool
-
-    from tqdm import tqdm
 
     def write_one(i: int) -> None:
         img, objects = render_image(seed, i, size)

@@ -1,6 +1,6 @@
 """The comparison table of the paper in one run: accuracy, size and speed of several checkpoints.
 
-Per model: mAP50 (VOC07 11-point, OBB, on the data's val split, via ``obbslim.eval.validate``),
+Per model: mAP50 (VOC07 11-point, OBB, on the data's val split, via ``obbslim.eval.metrics``),
 parameters and GFLOPs (``model_info``, the checkpoint's model before BN fusion, FLOPs = 2 x MACs),
 weight file MB (a *stripped* checkpoint: architecture record, class names and the EMA weights, or the
 raw weights when there is no EMA, in fp16; no optimizer, no fp32 copy; what ``strip_checkpoint``
@@ -27,7 +27,7 @@ from torch import nn
 from obbslim.data.dataset import build_dataloader
 from obbslim.deploy.export import export_onnx
 from obbslim.errors import ObbslimError
-from obbslim.eval.validate import validate
+from obbslim.eval.metrics import validate
 from obbslim.inference.onnx_backend import OnnxModel
 from obbslim.model import load, model_info, read_checkpoint
 from obbslim.options import BenchmarkConfig
@@ -149,6 +149,7 @@ def format_markdown(result: dict) -> str:
 
 def plot_benchmark(result: dict, out: Path) -> list[Path]:
     """map_vs_latency.png and map_vs_gflops.png (each model a labelled point)."""
+    # matplotlib takes about 0.5 s to import: only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")

@@ -65,6 +65,7 @@ def plot_results(csv_path: str | Path, out: str | Path | None = None) -> Path | 
     rows = ResultsCSV(csv_path).read()
     if not rows:
         return None
+    # matplotlib takes about 0.5 s to import: only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")

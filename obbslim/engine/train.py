@@ -43,7 +43,7 @@ from obbslim.engine.trainer_utils import (
     set_rng_state,
 )
 from obbslim.errors import ObbslimError
-from obbslim.eval.validate import fitness, validate
+from obbslim.eval.metrics import fitness, validate
 from obbslim.model import build, check_anchors, ckpt_to_model, read_checkpoint, save
 from obbslim.ops import poly2rbox
 from obbslim.options import TrainConfig

@@ -2,10 +2,10 @@
 
 Two protocols:
 - the split (default): the dataset's images letterboxed to ``imgsz`` through
-  ``obbslim.eval.validate`` (the numbers training reports);
+  ``obbslim.eval.metrics`` (the numbers training reports);
 - ``full_images``: the DOTA benchmark protocol. SRC has ``images/`` and ``labelTxt/`` of original
   large images; every image is tiled like ``obbslim split`` (``tile = imgsz``, ``gap``), each tile
-  predicted by the :class:`~obbslim.inference.predict.Detector`, the tiles merged with class-wise rotated
+  predicted by the :class:`~obbslim.inference.detector.Detector`, the tiles merged with class-wise rotated
   NMS, Task1 files written into the run dir and scored by ``evaluate_dota`` against SRC/labelTxt.
 
 Both print a per-class table (P, R at the best-mean-F1 confidence, AP50 VOC07 = the DOTA number,
@@ -25,10 +25,10 @@ from obbslim.data.dataset import build_dataloader
 from obbslim.data.labels import load_data_yaml, load_split
 from obbslim.errors import InputError, ObbslimError
 from obbslim.eval.dota import evaluate_dota
+from obbslim.eval.metrics import IOU_THRS, pr_at_best_f1, validate
 from obbslim.eval.plots import plot_pr_curves
-from obbslim.eval.validate import IOU_THRS, pr_at_best_f1, validate
 from obbslim.inference.detect import list_sources, write_dota
-from obbslim.inference.predict import Detector
+from obbslim.inference.detector import Detector
 from obbslim.model import load
 from obbslim.options import ValConfig
 from obbslim.utils.device import select_device

@@ -23,7 +23,7 @@ from obbslim.data.imageinfo import IMG_FORMATS
 from obbslim.data.labeltxt import write_task1
 from obbslim.data.show import draw_rboxes
 from obbslim.errors import InputError
-from obbslim.inference.predict import Detector
+from obbslim.inference.detector import Detector
 from obbslim.options import DetectConfig
 from obbslim.utils.io import atomic_write_text, increment_path
 
@@ -81,7 +81,7 @@ def detect(*args: Any, detector: Detector | None = None, **options: Any) -> dict
     task1_dir, n_images, n_det, n_tiled, n_windows, per_class, speed_ms, seconds, results}``
     (``results``: [(path, Detections)]).
 
-    ``detector`` reuses a built :class:`~obbslim.inference.predict.Detector` (then ``weights`` and the
+    ``detector`` reuses a built :class:`~obbslim.inference.detector.Detector` (then ``weights`` and the
     model options are ignored).
     """
     cfg = DetectConfig.of(*args, **options)

@@ -6,14 +6,13 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     """FLOPs of one forward with torch.utils.flop_counter, which counts 2 per multiply-add for conv
     and matmul (so the result is 2 x MACs, as YOLOv5's thop figure). BN/activations/pools are not
     counted (thop adds a little for BN, hence ~0.5 % lower figures than YOLOv5 prints)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     was_training = model.training
     model.eval()  # BN in train mode fails on 1x1 maps with batch 1
     try:

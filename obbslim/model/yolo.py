@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import yaml
 from torch import nn
 
 from obbslim.errors import ObbslimError
 from obbslim.model.common import Conv
 from obbslim.model.head import NBINS, Detect
 from obbslim.model.registry import RecordError, block, require
+from obbslim.model.summary import model_info
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 
@@ -42,8 +44,6 @@ def available_specs() -> list[str]:
 
 def load_spec(spec_or_name: str | Path | dict) -> dict:
     """A spec dict from a dict, a shipped name ('yolov5s-obb' or 'yolov5s-obb.yaml') or a YAML path."""
-    import yaml
-
     if isinstance(spec_or_name, dict):
         spec = copy.deepcopy(spec_or_name)
         spec.setdefault("name", "custom")
@@ -216,8 +216,6 @@ class OBBModel(nn.Module):
         return self
 
     def info(self, imgsz: int = 640, verbose: bool = False) -> dict:
-        from obbslim.model.summary import model_info
-
         return model_info(self, imgsz=imgsz, verbose=verbose)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from obbslim.data.dataset import build_dataloader
 from obbslim.errors import ObbslimError
-from obbslim.eval.validate import validate
+from obbslim.eval.metrics import validate
 from obbslim.model import ckpt_to_model, read_checkpoint, save
 from obbslim.options import PruneConfig
 from obbslim.prune.report import format_report, plot_widths, summarize

@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from obbslim.errors import ObbslimError
+from obbslim.model import model_info
 from obbslim.options import PruneConfig
+from obbslim.prune.fold import fold_constants
 
 
 @dataclass
@@ -37,7 +39,9 @@ class Group:
     gammas: list[torch.Tensor]  # the |gamma| of every BN in the group (for the global threshold)
 
 
-def _tp():
+def load_torch_pruning():
+    """torch-pruning, imported when channels are analysed or removed: a pruned model loads and runs
+    without it (sparsity training falls back to every BatchNorm)."""
     try:
         import torch_pruning as tp
     except ImportError:  # pragma: no cover - it is a dependency
@@ -47,7 +51,7 @@ def _tp():
 
 def dependency_graph(model: nn.Module):
     """torch-pruning's dependency graph of ``model`` (traced in eval mode) and the ignored Detect convs."""
-    tp = _tp()
+    tp = load_torch_pruning()
     detect = getattr(model, "detect", None)
     ignored = list(detect.m) if detect is not None else []
     p = next(model.parameters())
@@ -78,7 +82,7 @@ def _items(group):
 
 def analyse(model: nn.Module) -> list[Group]:
     """The prunable groups and their channel scores (no change to the model)."""
-    tp = _tp()
+    tp = load_torch_pruning()
     dg, ignored = dependency_graph(model)
     names = {m: n for n, m in model.named_modules()}
     out = []
@@ -158,13 +162,11 @@ def plan(
 
 def apply_plan(model: nn.Module, removals: dict[str, list[int]], fold: bool = True) -> dict[str, int]:
     """Remove the planned channels in place (folding their constant activations first when ``fold``)."""
-    tp = _tp()
+    tp = load_torch_pruning()
     dg, ignored = dependency_graph(model)
     mods = dict(model.named_modules())
     stats = {"folded_bn": 0, "folded_bias": 0, "not_folded": 0}
     if fold and removals:
-        from obbslim.prune.fold import fold_constants
-
         zero_bn, consumers = [], []
         for root, idxs in removals.items():
             g = dg.get_pruning_group(mods[root], tp.prune_conv_out_channels, idxs)
@@ -188,8 +190,6 @@ def apply_plan(model: nn.Module, removals: dict[str, list[int]], fold: bool = Tr
 
 
 def _cost(model: nn.Module, imgsz: int) -> tuple[int, float]:
-    from obbslim.model import model_info
-
     info = model_info(model, imgsz=imgsz, print_fn=None)
     return int(info["params"]), float(info["gflops"])
 

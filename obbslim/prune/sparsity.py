@@ -31,7 +31,7 @@ from obbslim.engine.train import TrainState, train
 from obbslim.options import SparseTrainConfig
 from obbslim.options.train import SPARSITY_SCHEDULES as SCHEDULES
 from obbslim.options.train import SPARSITY_WEIGHTINGS as WEIGHTINGS
-from obbslim.prune.slim import coupled_groups, dependency_graph
+from obbslim.prune.slim import coupled_groups, dependency_graph, load_torch_pruning
 from obbslim.utils.device import de_parallel
 from obbslim.utils.io import atomic_write_text
 
@@ -63,7 +63,7 @@ def prunable_bn_names(model: nn.Module) -> list[str]:
     """Names of the BatchNorm2d layers whose channels torch-pruning can remove (not coupled to the
     Detect outputs); without torch-pruning every BatchNorm2d (the Detect convs have none)."""
     all_bn = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    try:
+    try:  # optional at run time (see slim.load_torch_pruning)
         import torch_pruning  # noqa: F401
     except ImportError:
         return all_bn
@@ -81,8 +81,7 @@ def flops_weights(model: nn.Module, imgsz: int = 256) -> dict[str, float]:
     does) shrinks the scales of costly high-resolution layers first, so a channel ratio removes more
     FLOPs. The weights do not depend on ``imgsz`` (every feature map scales alike).
     """
-    import torch_pruning as tp
-
+    tp = load_torch_pruning()
     net, groups, names = _groups(model)
     hw: dict[nn.Module, int] = {}
     hooks = [m.register_forward_hook(lambda m, i, o: hw.__setitem__(m, o.shape[-1] * o.shape[-2]))
@@ -140,6 +139,7 @@ def plot_gamma_hist(history: list[dict], path: str | Path) -> Path | None:
     """Epoch x log10|gamma| heatmap (fraction of channels per bin): sparsity shows as mass moving left."""
     if not history:
         return None
+    # matplotlib takes about 0.5 s to import: only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
