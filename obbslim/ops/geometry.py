@@ -23,7 +23,7 @@ def _shoelace(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def poly_area(polys: Any) -> Any:
     """Absolute shoelace area of each polygon [N, 2k], in float64 (torch in, torch out)."""
     p, was_torch = _numpy(polys)
-    p = p.reshape(len(p), -1)
+    p = p[None] if p.ndim == 1 else p
     area = _shoelace(p[:, 0::2].astype(np.float64), p[:, 1::2].astype(np.float64))
     return torch.from_numpy(area) if was_torch else area
 
