@@ -348,6 +348,10 @@ def test_distill_run_keeps_teacher_bitwise_and_resumes_exactly(files, tmp_path, 
     opts = run_opts(files, tmp_path, name="part", stop_after=1)
     part = distill(files["student"], files["teacher"], **opts, **kd)
     assert part["stopped"] == "stop_after" and part["epochs_done"] == 1
+    from obbslim.engine.train import train
+
+    with pytest.raises(ObbslimError, match="the run used distill"):  # the bare engine has no teacher
+        train(resume=part["run_dir"], device="cpu", verbose=False)
     resumed = distill(resume=part["run_dir"], project=tmp_path / "runs", device="cpu", verbose=False)
     assert resumed["epochs_done"] == 2 and resumed["run_dir"] == part["run_dir"]
     b = torch.load(resumed["last"], map_location="cpu", weights_only=True)
