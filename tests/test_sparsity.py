@@ -176,7 +176,7 @@ def test_hook_after_amp_unscale_is_not_divided_by_the_scale():
     hyp = {"clip_grad_norm": 1e9}
     state = TrainState(cfg=cfg, hyp=hyp, model=m, optimizer=opt, scaler=scaler, callbacks=[cb])
     cb.before_train(state)
-    assert cb.name == "sparsity" and cb.sp.lam == 1e-3
+    assert cb.recorded() and cb.sp.lam == 1e-3
     optimizer_step(state, 0.5)
     torch.testing.assert_close(bn.weight.detach(), w0 - 1e-3 * torch.sign(w0), rtol=0, atol=1e-7)
 

@@ -15,9 +15,9 @@ The loop calls, for every callback in the order given:
 A callback that is also an ``nn.Module`` is trainable (at most one per run): it moves to the device,
 its parameters get their own optimizer group (no weight decay; gradients averaged over DDP ranks),
 it is put in train mode every epoch, and its ``state_dict`` is saved in the checkpoints as
-``extra_state`` and restored on resume. A callback with a ``name`` is recorded in the checkpoints; a
-resumed run must be given a callback of every recorded name again (the command that started the run
-rebuilds them from its stored options).
+``extra_state`` and restored on resume. A callback with a ``name`` that is ``recorded()`` (it changed
+the run) is listed in the checkpoints; a resumed run must be given a callback of every listed name
+again (the command that started the run rebuilds them from its stored options).
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ class Callback:
     """Base class: override the hooks you need (see the module doc)."""
 
     name: str = ""
+
+    def recorded(self) -> bool:
+        """Whether checkpoints list this callback (a resumed run then needs it again)."""
+        return bool(self.name)
 
     def before_train(self, state: TrainState) -> None:
         pass

@@ -408,7 +408,7 @@ def save_checkpoint(state: TrainState, path: Path) -> None:
         best_fitness=state.best_fitness,
         best_epoch=state.best_epoch,
         train_args={**state.cfg.to_record(), "epochs": state.epochs},
-        callbacks=[cb.name for cb in state.callbacks if cb.name],
+        callbacks=[cb.name for cb in state.callbacks if cb.recorded()],
         rng=rng_state(),
         scaler=state.scaler.state_dict(),
         train_time=state.train_time(),
@@ -530,7 +530,7 @@ def build_state(
     ones when resuming), seeds, data, model, optimizer, EMA, trainable callback, restored state, loss,
     the callbacks' ``before_train``, SyncBN/DDP, loaders, the run folder."""
     log = print if (info.main and cfg.verbose) else (lambda *a, **k: None)
-    cfg, ckpt, save_dir = _resolve_run(cfg, log)
+    cfg, ckpt, save_dir = _resolve_run(cfg, callbacks, log)
     if info.main:
         (save_dir / "weights").mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed + 1 + max(info.rank, 0))
@@ -568,10 +568,6 @@ def build_state(
     state.criterion = OBBLoss(net, scale_gains(hyp, net.detect.nl, len(names), imgsz))
     for cb in callbacks:
         cb.before_train(state)
-    missing = set(ckpt.get("callbacks") or ()) - {cb.name for cb in callbacks} if ckpt else set()
-    if missing:  # e.g. a distill run resumed by the bare engine would go on without its teacher
-        raise ObbslimError(f"{cfg.resume}: the run used {', '.join(sorted(missing))}; resume it with the "
-                           "command that started it (obbslim train or obbslim distill --resume)")
     if cfg.sync_bn and info.enabled and dev.type == "cuda":
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if info.enabled:
@@ -584,7 +580,9 @@ def build_state(
     return state
 
 
-def _resolve_run(cfg: TrainConfig, log: Callable) -> tuple[TrainConfig, dict | None, Path]:
+def _resolve_run(
+    cfg: TrainConfig, callbacks: list[Callback], log: Callable
+) -> tuple[TrainConfig, dict | None, Path]:
     """(options, checkpoint, run dir): a fresh run's, or the stored options of the run being resumed with
     only its runtime options (device, workers, stop_after, verbose) taken from ``cfg``."""
     if not cfg.resume:
@@ -598,6 +596,12 @@ def _resolve_run(cfg: TrainConfig, log: Callable) -> tuple[TrainConfig, dict | N
     if ckpt["epoch"] + 1 >= ckpt["train_args"]["epochs"]:
         raise ObbslimError(
             f"{last}: training already finished ({ckpt['epoch'] + 1} epochs), nothing to resume"
+        )
+    missing = set(ckpt.get("callbacks") or ()) - {cb.name for cb in callbacks}
+    if missing:  # e.g. a distill run resumed by the bare engine would go on without its teacher
+        raise ObbslimError(
+            f"{last}: the run used {', '.join(sorted(missing))}; resume it with the command that started "
+            "it (obbslim train or obbslim distill --resume)"
         )
     runtime = {k: getattr(cfg, k) for k in cfg.runtime_names()}
     stored = type(cfg).from_record(ckpt["train_args"]).replace(**runtime, resume=str(last))

@@ -246,14 +246,18 @@ class SparsityCallback(Callback):
     """Network slimming inside a training run, set by the run's options (``state.cfg``, so a resumed run
     keeps its own): inert when ``sparsity`` is 0."""
 
+    name = "sparsity"
+
     def __init__(self) -> None:
         self.sp: SparsityTraining | None = None
+
+    def recorded(self) -> bool:
+        return self.sp is not None  # a run without sparsity resumes without this callback too
 
     def before_train(self, state: TrainState) -> None:
         c = state.cfg
         if not getattr(c, "sparsity", 0.0):
             return
-        self.name = "sparsity"  # recorded in the checkpoints: a resume needs this callback again
         run_dir = state.save_dir if state.info.main and not c.noplots else None
         self.sp = SparsityTraining(de_parallel(state.model), c.sparsity, c.sparsity_schedule or "constant",
                                    state.epochs, bool(c.sparsity_bias), run_dir=run_dir,
