@@ -26,6 +26,7 @@ from obbslim.engine.runs import write_yaml
 from obbslim.errors import ObbslimError
 from obbslim.model import read_checkpoint
 from obbslim.options import CompressConfig
+from obbslim.options.train import SPARSITY_WEIGHTINGS
 from obbslim.pipeline.report import write_report
 from obbslim.pipeline.stages import SPECS, Context, Stage
 from obbslim.utils.io import atomic_write_text, increment_path
@@ -94,8 +95,9 @@ def _check_args(o: CompressConfig) -> None:
             raise ObbslimError(f"--{key.replace('_', '-')} must be at least 1")
     if o.sparsity < 0:
         raise ObbslimError(f"--sparsity {o.sparsity} must be >= 0")
-    if o.sparsity_weighting not in ("none", "flops"):
-        raise ObbslimError(f"--sparsity-weighting {o.sparsity_weighting!r}: use none or flops")
+    if o.sparsity_weighting not in SPARSITY_WEIGHTINGS:
+        choices = " or ".join(SPARSITY_WEIGHTINGS)
+        raise ObbslimError(f"--sparsity-weighting {o.sparsity_weighting!r}: use {choices}")
     if o.teacher is not None:
         if not str(o.teacher).endswith(".pt"):
             raise ObbslimError(f"--teacher {o.teacher}: expected a checkpoint .pt")
