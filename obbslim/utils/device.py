@@ -16,7 +16,8 @@ def select_device(
     own (the local rank's GPU when only one is listed). A ``torch.device`` is returned as is."""
     if isinstance(device, torch.device):
         return device
-    d = "" if device is None else str(device).strip().lower().replace("cuda:", "").replace("cuda", "")
+    d = "" if device is None else str(device).strip().lower().replace("cuda:", "")
+    d = "0" if d == "cuda" else d
     if d == "cpu" or (d == "" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
