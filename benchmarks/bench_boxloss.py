@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from obbslim import ops
+from obbslim.cfg import load_hyp
 from obbslim.data.labels import load_split
 from obbslim.data.synth import make_synthetic
-from obbslim.engine.loss import DEFAULT_HYP, OBBLoss, scale_gains
-from obbslim.engine.postprocess import postprocess
+from obbslim.engine.loss import OBBLoss, scale_gains
 from obbslim.eval import evaluate_images
+from obbslim.inference.postprocess import postprocess
 from obbslim.model import build
 
 
@@ -79,7 +80,7 @@ def train(box_loss: str, data, args) -> tuple[float, float]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = build("yolov5n-obb", nc=len(names))
-    hyp = scale_gains({**DEFAULT_HYP, "box_loss": box_loss}, nl=3, nc=len(names), imgsz=args.size)
+    hyp = scale_gains(load_hyp({"box_loss": box_loss}), nl=3, nc=len(names), imgsz=args.size)
     crit = OBBLoss(model, hyp)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps_per_epoch = math.ceil(len(timgs) / args.batch)

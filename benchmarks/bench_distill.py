@@ -47,7 +47,7 @@ def main() -> None:
     from obbslim.data.synth import make_synthetic
     from obbslim.distill import distill
     from obbslim.engine.train import train
-    from obbslim.engine.validate import validate
+    from obbslim.eval.metrics import validate
     from obbslim.model import load, save
 
     torch.set_num_threads(args.threads)

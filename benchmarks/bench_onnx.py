@@ -55,7 +55,7 @@ def accuracy(weights: str, data: str, imgsz: int, calib_n: int, tmp: Path) -> No
     """mAP50 of PyTorch, ORT fp32 and ORT INT8 on the data's val split (letterboxed to imgsz)."""
     from obbslim.data.dataset import build_dataloader
     from obbslim.deploy import OnnxModel, export_onnx, quantize_int8, validate_onnx
-    from obbslim.engine.validate import validate
+    from obbslim.eval.metrics import validate
     from obbslim.model import load
 
     m = load(weights).fuse()

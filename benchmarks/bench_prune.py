@@ -33,7 +33,7 @@ def latency_ms(weights: Path, imgsz: int, runs: int, threads: int, work: Path) -
 
     try:
         from obbslim.deploy.export import export_onnx
-        from obbslim.deploy.onnx_backend import OnnxModel
+        from obbslim.inference.onnx_backend import OnnxModel
 
         path = export_onnx(weights, imgsz=imgsz, out=work / (weights.stem + f"_{imgsz}.onnx"), verbose=False)
         om = OnnxModel(path, providers=["CPUExecutionProvider"], threads=threads)
@@ -88,7 +88,8 @@ def main() -> None:
     from obbslim.data.synth import make_synthetic
     from obbslim.distill import distill
     from obbslim.engine.train import train
-    from obbslim.prune.report import prune_checkpoint
+    from obbslim.prune import prune_checkpoint
+    from obbslim.prune.sparsity import sparse_train
 
     t_start = time.time()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_prune_"))
@@ -105,10 +106,10 @@ def main() -> None:
     weights = Path(args.weights) if args.weights else None
     if weights is None:
         t = time.time()
-        r = train(data=data, model=args.model, epochs=1000, time_limit=args.minutes / 60, hyp=hyp,
-                  sparsity=args.sparsity, sparsity_schedule="linear",
-                  sparsity_weighting=args.sparsity_weighting, name="sparse", val_every=5,
-                  **common)  # fmt: skip
+        r = sparse_train(data=data, model=args.model, epochs=1000, time_limit=args.minutes / 60, hyp=hyp,
+                         sparsity=args.sparsity, sparsity_schedule="linear",
+                         sparsity_weighting=args.sparsity_weighting, name="sparse", val_every=5,
+                         **common)  # fmt: skip
         weights = Path(r["last"])
         print(f"sparsity training: {r['epochs_done']} epochs, lambda {args.sparsity:g} (linear, "
               f"weighting {args.sparsity_weighting}) in "

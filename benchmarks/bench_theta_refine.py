@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from obbslim import ops
-from obbslim.engine.postprocess import postprocess
-from obbslim.engine.validate import IOU_THRS
+from obbslim.eval.metrics import IOU_THRS
+from obbslim.inference.postprocess import postprocess
 
 
 def angle_err_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -96,9 +96,10 @@ def evaluate(model, samples, x, names):
 
 
 def trained(images: int, size: int, steps: int, seed: int) -> None:
+    from obbslim.cfg import load_hyp
     from obbslim.data.labels import load_data_yaml, load_split
     from obbslim.data.synth import make_synthetic
-    from obbslim.engine.loss import DEFAULT_HYP, OBBLoss, scale_gains
+    from obbslim.engine.loss import OBBLoss, scale_gains
     from obbslim.model import build, load_spec
 
     torch.manual_seed(seed)
@@ -113,7 +114,7 @@ def trained(images: int, size: int, steps: int, seed: int) -> None:
     spec = load_spec("yolov5n-obb")
     spec["width_multiple"] = 0.125
     model = build(spec, nc=len(names))
-    crit = OBBLoss(model, scale_gains(DEFAULT_HYP, nl=3, nc=len(names), imgsz=size))
+    crit = OBBLoss(model, scale_gains(load_hyp(), nl=3, nc=len(names), imgsz=size))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     t0 = time.time()

@@ -32,13 +32,13 @@ def main() -> None:
 
     import torch
 
+    from obbslim.cfg import load_hyp
     from obbslim.data.dataset import build_dataloader
     from obbslim.data.labels import load_data_yaml, load_split
     from obbslim.data.synth import make_synthetic
     from obbslim.engine.runs import ResultsCSV
     from obbslim.engine.train import train
-    from obbslim.engine.trainer_utils import load_hyp
-    from obbslim.engine.validate import validate
+    from obbslim.eval.metrics import validate
     from obbslim.model import load
 
     hyp = load_hyp(args.hyp)

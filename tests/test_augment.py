@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from obbslim.cfg import load_hyp
 from obbslim.data.augment import (
     affine_matrix,
     augment_hsv,
@@ -20,16 +21,14 @@ from obbslim.data.augment import (
     flip_ud,
     letterbox,
     letterbox_polys,
-    load_hyp,
     mixup,
     mosaic4,
-    poly_area,
     random_affine,
     to_rboxes,
     warp_affine,
 )
 from obbslim.errors import InputError
-from obbslim.ops import poly2rbox, rbox2poly
+from obbslim.ops import poly2rbox, poly_area, rbox2poly
 
 # ----------------------------------------------------------------------------------------- helpers
 
@@ -363,7 +362,8 @@ def test_hyp_defaults_and_overrides(tmp_path):
         assert hyp[k] == v, k
     f = tmp_path / "h.yaml"
     f.write_text("degrees: 90\n")
-    assert load_hyp(f, {"mosaic": 0.0})["degrees"] == 90 and load_hyp(f, {"mosaic": 0.0})["mosaic"] == 0.0
+    assert load_hyp(f)["degrees"] == 90 and load_hyp(f)["mosaic"] == hyp["mosaic"]
+    assert load_hyp({"mosaic": 0.0})["mosaic"] == 0.0 and load_hyp({"mosaic": 0.0})["degrees"] == 180.0
     f.write_text("- a\n")
     with pytest.raises(InputError, match="h.yaml"):
         load_hyp(f)

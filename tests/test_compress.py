@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from obbslim.errors import ObbslimError
-from obbslim.pipeline.compress import ROW_NAMES, STAGES
+from obbslim.pipeline.stages import ROW_NAMES, STAGES
 
 FAST_HYP = {"warmup_epochs": 0.0, "nbs": 4, "mosaic": 0.0, "degrees": 0.0, "hsv_h": 0, "hsv_s": 0, "hsv_v": 0}
 
@@ -99,7 +99,7 @@ def test_every_stage_and_the_report(full):
 
 
 def test_rerun_runs_only_the_missing_stage(full, synth, monkeypatch):
-    import obbslim.engine.train
+    import obbslim.pipeline.stages as stages
     from obbslim.pipeline import compress
 
     run = Path(full["run_dir"])
@@ -109,7 +109,8 @@ def test_rerun_runs_only_the_missing_stage(full, synth, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a complete training stage ran again")
 
-    monkeypatch.setattr(obbslim.engine.train, "train", no_training)
+    monkeypatch.setattr(stages, "sparse_train", no_training)
+    monkeypatch.setattr(stages, "distill", no_training)
     again = compress(**opts(synth, run.parent))
     assert again["ran"] == ["5_benchmark"]
     assert (run / "5_benchmark" / "benchmark.md").is_file()
@@ -121,7 +122,7 @@ def test_rerun_runs_only_the_missing_stage(full, synth, monkeypatch):
 
 def test_interrupted_training_stage_continues(full, synth, monkeypatch):
     """Unfinished marker + a last.pt short of its epochs: train(resume=last.pt), then what depends on it."""
-    import obbslim.engine.train
+    import obbslim.pipeline.stages as stages
     from obbslim.pipeline import compress
 
     run = Path(full["run_dir"])
@@ -133,13 +134,13 @@ def test_interrupted_training_stage_continues(full, synth, monkeypatch):
     ck["train_args"]["epochs"] = 2  # as if stopped after epoch 0 of 2
     torch.save(ck, last)
     calls = []
-    real = obbslim.engine.train.train
+    real = stages.sparse_train
 
     def spy(*a, **k):
         calls.append(k)
         return real(*a, **k)
 
-    monkeypatch.setattr(obbslim.engine.train, "train", spy)
+    monkeypatch.setattr(stages, "sparse_train", spy)
     again = compress(**opts(synth, run.parent))
     assert [c.get("resume") for c in calls] == [str(last)]
     assert again["ran"] == ["4_finetune", "5_benchmark"]  # the benchmark depends on it

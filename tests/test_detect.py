@@ -18,8 +18,8 @@ import torch
 from obbslim import ops
 from obbslim.data.augment import letterbox_polys
 from obbslim.data.split import clip_objects, tile_windows
-from obbslim.engine.predict import Detections, Detector
 from obbslim.errors import InputError, ObbslimError
+from obbslim.inference.detector import Detections, Detector
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -107,7 +107,7 @@ def test_oracle_on_dota_demo_full_images_scores_one(shared_data, tmp_path):
     """Large images tiled (1024 tiles, 200 gap, each letterboxed to 512), merged, written as Task1,
     scored with evaluate_dota against the original labelTxt: mAP 1 (VOC07 and VOC12)."""
     from obbslim.data.labeltxt import read_labeltxt
-    from obbslim.engine.val import val
+    from obbslim.eval.val import val
 
     root = without_degenerate(shared_data / "dota_demo", tmp_path / "src")
     gt, names = dota_demo_gt(root)
@@ -152,7 +152,7 @@ def test_oracle_on_dota8_detect_task1_round_trip(shared_data, tmp_path):
     from obbslim.data.labels import load_data_yaml, load_split
     from obbslim.data.labeltxt import read_task1, write_labeltxt
     from obbslim.data.merge import read_tile_detections
-    from obbslim.engine.detect import detect
+    from obbslim.inference.detect import detect
 
     data = load_data_yaml(shared_data / "dota8" / "dota8.yaml")
     samples, _ = load_split(data, "val", cache=False, verbose=False)
@@ -216,7 +216,8 @@ def draw(objs, shape=(SIZE, SIZE), offset=(0, 0)):
 @pytest.fixture(scope="module")
 def tiny_trained(tmp_path_factory, one_thread) -> Path:
     """yolov5n-obb at width 0.125 overfit on two 96 px images of rotated rectangles (~10 s)."""
-    from obbslim.engine.loss import DEFAULT_HYP, OBBLoss, scale_gains
+    from obbslim.cfg import load_hyp
+    from obbslim.engine.loss import OBBLoss, scale_gains
     from obbslim.model import build, load_spec, save
 
     torch.manual_seed(0)
@@ -229,7 +230,7 @@ def tiny_trained(tmp_path_factory, one_thread) -> Path:
     spec = load_spec("yolov5n-obb")
     spec["width_multiple"] = 0.125
     model = build(spec, nc=2, names=["red", "green"])
-    crit = OBBLoss(model, scale_gains(DEFAULT_HYP, nl=3, nc=2, imgsz=SIZE))
+    crit = OBBLoss(model, scale_gains(load_hyp(), nl=3, nc=2, imgsz=SIZE))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(150):
@@ -264,8 +265,8 @@ def big_scene() -> tuple[np.ndarray, list]:
 def test_tiny_trained_model_detects_on_a_large_image(tiny_trained, tmp_path):
     """The model sees its training images as tiles of a large image: the tile offsets must put the
     detections back on the right objects (a wrong offset gives mAP 0)."""
-    from obbslim.engine.detect import detect
     from obbslim.eval import evaluate_images
+    from obbslim.inference.detect import detect
 
     img, gts = big_scene()
     path = tmp_path / "scene.png"
@@ -357,7 +358,7 @@ def test_theta_refine_option_uses_the_bins():
 
 def test_bad_inputs_give_clear_errors(tmp_path, tiny_trained, capsys):
     from obbslim.cli import main
-    from obbslim.engine.detect import detect, list_sources
+    from obbslim.inference.detect import detect, list_sources
 
     bad_img = tmp_path / "broken.png"
     bad_img.write_bytes(b"not a png at all")

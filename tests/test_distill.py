@@ -320,7 +320,7 @@ def test_distill_rejects_mismatched_teacher(files, tmp_path):
 def test_distill_run_keeps_teacher_bitwise_and_resumes_exactly(files, tmp_path, monkeypatch):
     """A 2-epoch run against a 1-epoch run resumed for the second: the same student, EMA and adapters.
     The teacher that distill() loads is captured: bitwise unchanged (weights, BN buffers), no grads."""
-    import obbslim.model
+    import obbslim.distill.run
     from obbslim.distill import distill
     from obbslim.model import load
 
@@ -330,7 +330,7 @@ def test_distill_run_keeps_teacher_bitwise_and_resumes_exactly(files, tmp_path, 
         teachers.append(load(*a, **k))
         return teachers[-1]
 
-    monkeypatch.setattr(obbslim.model, "load", capture)
+    monkeypatch.setattr(obbslim.distill.run, "load", capture)
     kd = dict(kd_temp=2.0, kd_feature_type="cwd")
     full = distill(files["student"], files["teacher"], **run_opts(files, tmp_path, name="full"), **kd)
     teacher = teachers[0]
@@ -348,11 +348,15 @@ def test_distill_run_keeps_teacher_bitwise_and_resumes_exactly(files, tmp_path, 
     opts = run_opts(files, tmp_path, name="part", stop_after=1)
     part = distill(files["student"], files["teacher"], **opts, **kd)
     assert part["stopped"] == "stop_after" and part["epochs_done"] == 1
+    from obbslim.engine.train import train
+
+    with pytest.raises(ObbslimError, match="the run used distill"):  # the bare engine has no teacher
+        train(resume=part["run_dir"], device="cpu", verbose=False)
     resumed = distill(resume=part["run_dir"], project=tmp_path / "runs", device="cpu", verbose=False)
     assert resumed["epochs_done"] == 2 and resumed["run_dir"] == part["run_dir"]
     b = torch.load(resumed["last"], map_location="cpu", weights_only=True)
-    assert b["train_args"]["extra_args"]["distill"]["teacher"] == str(Path(files["teacher"]).resolve())
-    assert b["train_args"]["extra_args"]["distill"]["kd_temp"] == 2.0
+    assert b["train_args"]["teacher"] == str(Path(files["teacher"]).resolve())
+    assert b["train_args"]["kd_temp"] == 2.0 and b["callbacks"] == ["distill"]
     for key in ("model", "ema", "extra_state"):
         for k, v in a[key].items():
             torch.testing.assert_close(b[key][k], v, rtol=0, atol=1e-6, msg=f"{key}.{k}")
@@ -383,8 +387,8 @@ def test_cli_distill_end_to_end(files, tmp_path):
     rows = ResultsCSV(run_dir / "results.csv").read()
     assert all(k in rows[0] for k in KD_COLS) and rows[0]["mAP50"] != ""
     args = yaml.safe_load((run_dir / "args.yaml").read_text())
-    assert args["extra_args"]["distill"]["kd_feature_type"] == "mimic"
-    assert args["extra_args"]["distill"]["kd_feature"] == 2.0
+    assert args["kd_feature_type"] == "mimic"
+    assert args["kd_feature"] == 2.0
     assert main(["distill", "--data", str(files["synth"])]) == 2  # no student/teacher: one-line error
 
 

@@ -127,7 +127,7 @@ def test_export_checker_opset_metadata(onnx_256):
 
 def test_parity_and_identical_nms_on_dota8(ckpt, onnx_256, shared_data):
     from obbslim.deploy import OnnxModel
-    from obbslim.engine.postprocess import postprocess
+    from obbslim.inference.postprocess import postprocess
 
     x = dota8_image(shared_data, 256)
     ref = torch_decoded(ckpt, x)
@@ -168,7 +168,7 @@ def test_static_size_is_enforced(onnx_256):
 
 
 def test_postprocess_with_and_without_theta_columns():
-    from obbslim.engine.postprocess import postprocess
+    from obbslim.inference.postprocess import postprocess
 
     g = torch.Generator().manual_seed(0)
     d = torch.rand(1, 500, 6 + 3 + 180, generator=g)
@@ -291,9 +291,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, ckpt, capsys):
         OnnxModel(other)
     with pytest.raises(ObbslimError, match="needs --data"):
         main_args = ["export", "--weights", str(ckpt), "--int8"]
-        from obbslim.deploy.export import export_cli
+        from obbslim.deploy.export import export
 
-        export_cli(ckpt, int8=True, data=None, out=tmp_path / "y.onnx")
+        export(ckpt, int8=True, data=None, out=tmp_path / "y.onnx")
     assert main(main_args) == 2
     with pytest.raises(ObbslimError, match="opset"):
         export_onnx(ckpt, opset=13, out=tmp_path / "x.onnx")
@@ -333,7 +333,7 @@ def test_standalone_matches_torch_path(ckpt, onnx_256, shared_data):
 
     from obbslim.data.augment import letterbox
     from obbslim.deploy import standalone
-    from obbslim.engine.postprocess import postprocess, scale_rboxes
+    from obbslim.inference.postprocess import postprocess, scale_rboxes
 
     f = sorted((shared_data / "dota8" / "images" / "val").glob("*.jpg"))[1]
     img = cv2.imread(str(f))

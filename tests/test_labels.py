@@ -15,8 +15,9 @@ from obbslim.data import cache as cache_mod
 from obbslim.data import labels
 from obbslim.data.classes import DOTA_V1_0, DOTA_V1_5, DOTA_V2_0, class_index, dota_names, normalize_name
 from obbslim.data.imageinfo import image_size
-from obbslim.data.labels import load_data_yaml, load_split, quad_area
+from obbslim.data.labels import load_data_yaml, load_split
 from obbslim.errors import InputError
+from obbslim.ops import quad_area
 
 # ------------------------------------------------------------------------------------------ classes
 
@@ -400,7 +401,7 @@ def test_unwritable_cache_falls_back_with_a_note(dota8_copy, monkeypatch):
     def refuse(path, data):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("obbslim.utils.io.atomic_write_bytes", refuse)
+    monkeypatch.setattr("obbslim.data.cache.atomic_write_bytes", refuse)
     samples, rep = load_split(dota8_copy, "val", verbose=False)
     assert len(samples) == 4 and rep.cache_file is None
     assert any("label cache not written" in n and "Permission denied" in n for n in rep.notes)

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from obbslim import ops
-from obbslim.engine.loss import DEFAULT_HYP, OBBLoss, scale_gains
-from obbslim.engine.postprocess import postprocess
+from obbslim.cfg import load_hyp
+from obbslim.engine.loss import OBBLoss, scale_gains
 from obbslim.eval import evaluate_images
+from obbslim.inference.postprocess import postprocess
 from obbslim.model import build, load_spec
 
 SIZE = 96
@@ -70,7 +71,7 @@ def test_tiny_model_overfits_two_images(one_thread, seed):
     spec = load_spec("yolov5n-obb")
     spec["width_multiple"] = 0.125
     model = build(spec, nc=2)
-    crit = OBBLoss(model, scale_gains(DEFAULT_HYP, nl=3, nc=2, imgsz=SIZE))
+    crit = OBBLoss(model, scale_gains(load_hyp(), nl=3, nc=2, imgsz=SIZE))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     first = None

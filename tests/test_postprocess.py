@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from obbslim import ops
-from obbslim.engine.postprocess import postprocess, scale_rboxes
+from obbslim.inference.postprocess import postprocess, scale_rboxes
 
 NC, NBINS = 2, 180
 

@@ -346,7 +346,7 @@ def test_cli_writes_checkpoint_report_and_plot(ckpt, tmp_path, capsys):
 
 
 def test_pruned_checkpoint_loads_without_torch_pruning(ckpt, tmp_path):
-    from obbslim.prune.report import prune_checkpoint
+    from obbslim.prune import prune_checkpoint
 
     out = tmp_path / "pruned.pt"
     rep = prune_checkpoint(ckpt, out, ratio=0.6, imgsz=64, verbose=False)
@@ -371,7 +371,7 @@ print(sum(p.numel() for p in m.parameters()), tuple(y.shape))
 def test_prune_checkpoint_reports_map_and_pruned_model_fine_tunes(ckpt, synth, tmp_path):
     from obbslim.engine.train import train
     from obbslim.model import read_checkpoint
-    from obbslim.prune.report import prune_checkpoint
+    from obbslim.prune import prune_checkpoint
 
     out = tmp_path / "pruned.pt"
     rep = prune_checkpoint(ckpt, out, ratio=0.5, imgsz=64, data=synth, batch=2, verbose=False)

@@ -159,7 +159,9 @@ def test_flops_weights_are_the_hand_computed_channel_costs():
 def test_hook_after_amp_unscale_is_not_divided_by_the_scale():
     """Through the engine's optimizer step with an enabled GradScaler (scale 1024): the BN scale moves by
     exactly lr * lambda * sign(gamma), not that over the loss scale."""
-    from obbslim.engine.train import _step
+    from obbslim.engine.train import TrainState, optimizer_step
+    from obbslim.options import SparseTrainConfig
+    from obbslim.prune.sparsity import SparsityCallback
 
     m = tiny_model()
     bn = m.model[0].bn
@@ -169,8 +171,13 @@ def test_hook_after_amp_unscale_is_not_divided_by_the_scale():
     assert scaler.is_enabled()
     loss = (bn.weight * 0.0).sum() + (m.model[1].conv.weight * 0.0).sum()
     scaler.scale(loss).backward()
-    sp = SparsityTraining(m, 1e-3, "constant", epochs=1)
-    _step(m, opt, scaler, None, {"clip_grad_norm": 1e9}, sp.after_backward, 0.5)
+    cb = SparsityCallback()
+    cfg = SparseTrainConfig(sparsity=1e-3, noplots=True)
+    hyp = {"clip_grad_norm": 1e9}
+    state = TrainState(cfg=cfg, hyp=hyp, model=m, optimizer=opt, scaler=scaler, callbacks=[cb])
+    cb.before_train(state)
+    assert cb.recorded() and cb.sp.lam == 1e-3
+    optimizer_step(state, 0.5)
     torch.testing.assert_close(bn.weight.detach(), w0 - 1e-3 * torch.sign(w0), rtol=0, atol=1e-7)
 
 
@@ -192,8 +199,8 @@ def test_two_epoch_run_logs_columns_plots_and_resumes(synth, tiny_spec, tmp_path
     back from the checkpoint, results.csv has the lambda of each epoch and gamma_lt_1e-2,
     gamma_hist.png is drawn."""
     from obbslim.engine.runs import ResultsCSV
-    from obbslim.engine.train import train
     from obbslim.model import read_checkpoint
+    from obbslim.prune.sparsity import sparse_train as train
 
     lam = 0.05
     common = dict(data=train_only(synth), model=str(tiny_spec), epochs=2, imgsz=64, batch=2, device="cpu",
@@ -228,6 +235,7 @@ def test_time_limited_run_ends_the_lambda_schedule_with_the_run(synth, tiny_spec
 
     import obbslim.engine.train as train_mod
     from obbslim.engine.runs import ResultsCSV
+    from obbslim.prune.sparsity import sparse_train
 
     class Clock:
         now = 0.0
@@ -242,10 +250,10 @@ def test_time_limited_run_ends_the_lambda_schedule_with_the_run(synth, tiny_spec
     clock = Clock()
     monkeypatch.setattr(train_mod, "time", clock)
     lam = 0.05
-    r = train_mod.train(data=train_only(synth), model=str(tiny_spec), epochs=1000, imgsz=64, batch=2,
-                        device="cpu", workers=0, hyp=FAST_HYP, project=tmp_path / "runs", verbose=False,
-                        noautoanchor=True, noval=True, name="t", sparsity=lam, sparsity_schedule="linear",
-                        time_limit=12 / 3600)  # fmt: skip
+    r = sparse_train(data=train_only(synth), model=str(tiny_spec), epochs=1000, imgsz=64, batch=2,
+                     device="cpu", workers=0, hyp=FAST_HYP, project=tmp_path / "runs", verbose=False,
+                     noautoanchor=True, noval=True, name="t", sparsity=lam, sparsity_schedule="linear",
+                     time_limit=12 / 3600)  # fmt: skip
     n = r["epochs_done"]
     assert 2 <= n < 1000  # the clock ran out after a few epochs
     rows = ResultsCSV(Path(r["run_dir"]) / "results.csv").read()

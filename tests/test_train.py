@@ -18,8 +18,10 @@ import yaml
 from torch import nn
 
 from obbslim.engine import optim
+from obbslim.engine.callbacks import Callback
 from obbslim.engine.ema import ModelEMA
-from obbslim.engine.runs import ResultsCSV, increment_path, numeric_series, plot_results
+from obbslim.engine.runs import ResultsCSV, numeric_series, plot_results
+from obbslim.utils.io import increment_path
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_HYP = {"warmup_epochs": 0.0, "nbs": 2, "mosaic": 0.0, "degrees": 0.0, "hsv_h": 0, "hsv_s": 0, "hsv_v": 0}
@@ -87,7 +89,7 @@ def small_net() -> nn.Module:
 
 def test_param_groups_split_decay_bn_bias():
     net = small_net()
-    opt = optim.build_optimizer(net, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    opt = optim.build_optimizer(net, lr=0.01, momentum=0.9, weight_decay=5e-4, name="SGD")
     bias, decay, bn = (g["params"] for g in opt.param_groups)
     assert [p.shape for p in decay] == [net[0].weight.shape, net[2].weight.shape]
     assert [p is net[1].weight for p in bn] == [True]
@@ -100,13 +102,13 @@ def test_param_groups_split_decay_bn_bias():
 
 def test_accumulate_and_weight_decay_scaling():
     assert (
-        optim.accumulate_steps(16) == 4
-        and optim.accumulate_steps(128) == 1
-        and optim.accumulate_steps(24) == 3
+        optim.accumulate_steps(16, 64) == 4
+        and optim.accumulate_steps(128, 64) == 1
+        and optim.accumulate_steps(24, 64) == 3
     )
-    assert optim.scaled_weight_decay(5e-4, 16) == pytest.approx(5e-4)  # 16 * 4 = 64
-    assert optim.scaled_weight_decay(5e-4, 24) == pytest.approx(5e-4 * 72 / 64)
-    assert optim.scaled_weight_decay(5e-4, 128) == pytest.approx(1e-3)
+    assert optim.scaled_weight_decay(5e-4, 16, 64) == pytest.approx(5e-4)  # 16 * 4 = 64
+    assert optim.scaled_weight_decay(5e-4, 24, 64) == pytest.approx(5e-4 * 72 / 64)
+    assert optim.scaled_weight_decay(5e-4, 128, 64) == pytest.approx(1e-3)
 
 
 def test_lr_schedules():
@@ -118,8 +120,8 @@ def test_lr_schedules():
 
 def test_warmup_values():
     net = small_net()
-    hyp = {"momentum": 0.937, "warmup_momentum": 0.8, "warmup_bias_lr": 0.1}
-    opt = optim.build_optimizer(net, lr=0.01, momentum=0.937)
+    hyp = {"momentum": 0.937, "warmup_momentum": 0.8, "warmup_bias_lr": 0.1, "nbs": 64}
+    opt = optim.build_optimizer(net, lr=0.01, momentum=0.937, weight_decay=5e-4, name="SGD")
     lf = optim.lr_lambda(10, 0.01)
     acc = optim.set_lr(opt, hyp, lf, epoch=0, ni=0, nw=100, batch_size=16)
     assert acc == 1
@@ -177,7 +179,7 @@ def test_validate_perfect_predictions_score_one(synth):
     must give mAP 1 at every IoU threshold; shifted boxes must score lower."""
     from obbslim.data.dataset import build_dataloader
     from obbslim.data.labels import load_data_yaml, load_split
-    from obbslim.engine.validate import validate
+    from obbslim.eval.metrics import validate
 
     data = load_data_yaml(synth)
     samples, _ = load_split(data, "val", verbose=False)
@@ -216,7 +218,7 @@ def test_validate_perfect_predictions_score_one(synth):
 
 
 def test_fitness_is_voc07_map50():
-    from obbslim.engine.validate import fitness
+    from obbslim.eval.metrics import fitness
 
     assert fitness({"mAP50": 0.7, "mAP50_95": 0.1}) == 0.7
 
@@ -224,28 +226,27 @@ def test_fitness_is_voc07_map50():
 # ----------------------------------------------------------------------------- training runs
 
 
-def test_train_end_to_end_writes_run_dir(synth, tiny_spec, tmp_path):
-    from obbslim.model import load
+class Hooks(Callback):
+    """Records after_backward calls (with whether every BN has its gradient) and adds a constant loss."""
 
-    calls = []
+    def __init__(self):
+        self.calls = []
 
-    def after_backward(model, epoch_frac):
-        bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        calls.append((epoch_frac, all(m.weight.grad is not None for m in bn)))
+    def after_backward(self, state, epoch_frac):
+        bn = [m for m in state.model.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.calls.append((epoch_frac, all(m.weight.grad is not None for m in bn)))
 
-    def extra_loss(raw, imgs, targets):
+    def extra_loss(self, raw, imgs, targets):
         assert len(raw) == 3 and imgs.dtype == torch.float32 and imgs.max() <= 1.0
         return raw[0].sum() * 0.0 + 0.25, {"kd": torch.tensor(0.25)}
 
-    r = run(
-        synth,
-        tiny_spec,
-        tmp_path,
-        noplots=False,
-        after_backward=after_backward,
-        extra_loss=extra_loss,
-        val_every=1,
-    )
+
+def test_train_end_to_end_writes_run_dir(synth, tiny_spec, tmp_path):
+    from obbslim.model import load
+
+    hooks = Hooks()
+    r = run(synth, tiny_spec, tmp_path, noplots=False, callbacks=[hooks], val_every=1)
+    calls = hooks.calls
     d = Path(r["run_dir"])
     assert d == tmp_path / "runs" / "exp"
     for f in (
@@ -474,7 +475,7 @@ def test_bad_samples_are_reported_at_start(synth, tiny_spec, tmp_path, capsys):
 
 def test_gradient_accumulation_steps(synth, tiny_spec, tmp_path):
     """batch 1, nominal batch 3 -> a step every 3 batches, plus a flush at the end of each 4-batch epoch."""
-    calls = []
+    hooks = Hooks()
     r = run(
         synth,
         tiny_spec,
@@ -482,7 +483,7 @@ def test_gradient_accumulation_steps(synth, tiny_spec, tmp_path):
         data=train_only(synth),
         batch=1,
         hyp={**FAST_HYP, "nbs": 3},
-        after_backward=lambda m, f: calls.append(f),
+        callbacks=[hooks],
     )
-    assert calls == pytest.approx([0.75, 1.0, 1.75, 2.0])
+    assert [f for f, _ in hooks.calls] == pytest.approx([0.75, 1.0, 1.75, 2.0])
     assert torch.load(r["last"], weights_only=True)["ema_updates"] == 4

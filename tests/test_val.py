@@ -49,7 +49,7 @@ def test_val_split_with_perfect_predictions(synth, tmp_path, capsys):
     every number of the table is 1, the JSON has evaluate's keys plus mAP50_95 and speed_ms."""
     from obbslim.data.dataset import build_dataloader
     from obbslim.data.labels import load_data_yaml, load_split
-    from obbslim.engine.val import val
+    from obbslim.eval.val import val
 
     data = load_data_yaml(synth)
     samples, _ = load_split(data, "val", verbose=False)
@@ -105,9 +105,9 @@ def test_val_split_with_perfect_predictions(synth, tmp_path, capsys):
 def test_metric_rows_hand_computed():
     """Class a: 2 objects, ranked TP, FP, TP -> VOC12 AP = 0.5 * 1 + 0.5 * 2/3, VOC07 (6 + 5 * 2/3) / 11;
     class b: 1 object found first -> AP 1. Exact matches: every IoU threshold counts the same."""
-    from obbslim.engine.val import metric_rows
-    from obbslim.engine.validate import IOU_THRS
     from obbslim.eval import evaluate_images
+    from obbslim.eval.metrics import IOU_THRS
+    from obbslim.eval.val import metric_rows
 
     g = ops.rbox2poly(np.array([[20, 20, 10, 4, 0.1], [60, 60, 12, 6, -0.4], [30, 70, 8, 4, 1.0]]))
     g = g.reshape(-1, 8)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from obbslim.options import DemoConfig
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -13,14 +15,13 @@ def add_parser(subparsers) -> None:
         "run `obbslim compress` on it with yolov5n-obb at 256 px: baseline, sparsity training, pruning, "
         "distillation and plain fine-tuning, benchmark, OUT/report.md. Rerunning skips complete stages.",
     )
-    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--device", default="cpu", help="cpu or 0 (GPU)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPU count)")
+    DemoConfig.add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: it loads torch, which `obbslim --help` does not need
     from obbslim.pipeline.demo import demo
 
-    result = demo(out=args.out, device=args.device, threads=args.threads)
+    result = demo(DemoConfig.from_args(args))
     return 128 + result["signal"] if result.get("signal") else 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from obbslim.options import DistillConfig
+
 
 def add_parser(subparsers) -> None:
-    from obbslim.cli.train import add_train_arguments
-
     p = subparsers.add_parser(
         "distill",
         help="fine-tune a pruned model with knowledge distillation from its teacher",
@@ -16,25 +16,13 @@ def add_parser(subparsers) -> None:
         "and neck-feature distillation (CWD or masked imitation) from the frozen --teacher. Writes a run "
         "directory like `train` (results.csv has kd_* columns); best.pt/last.pt hold the student alone.",
     )
-    p.add_argument("--student", help="student checkpoint .pt (the pruned model); not needed with --resume")
-    p.add_argument("--teacher", help="teacher checkpoint .pt (same strides, nc, na, nbins; any widths)")
-    add_train_arguments(p, model=False)
-    p.add_argument("--kd-output", type=float, default=1.0, help="weight of the output distillation (0 off)")
-    p.add_argument("--kd-feature", type=float, default=1.0, help="weight of the feature distillation (0 off)")
-    p.add_argument("--kd-temp", type=float, default=1.0, help="output temperature T (classes, angle bins)")
-    p.add_argument("--kd-feature-type", choices=("cwd", "mimic"), default="cwd",
-                   help="cwd: channel-wise distillation; mimic: MSE on the cells near ground-truth objects")
-    p.add_argument("--kd-feature-temp", type=float, default=1.0, help="CWD temperature tau")
-    p.add_argument("--kd-cls", choices=("bce", "kl"), default="bce",
-                   help="class term: per-class soft-target BCE (minus the teacher entropy) or softmax KL")
-    p.add_argument("--kd-box-thresh", type=float, default=0.5,
-                   help="box term only where the teacher's objectness exceeds this")
-    p.set_defaults(func=run, project="runs/distill")
+    DistillConfig.add_arguments(p, exclude=("model",))  # --student is the model
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: it loads torch, which `obbslim --help` does not need
     from obbslim.distill import distill
 
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    result = distill(**options)
+    result = distill(DistillConfig.from_args(args))
     return 128 + result["signal"] if result.get("signal") else 0

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _iou(text: str) -> float:
-    v = float(text)
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"IoU threshold must be in [0, 1), got {text}")
-    return v
+from obbslim.options import EvaluateConfig
 
 
 def add_parser(subparsers) -> None:
@@ -19,25 +14,15 @@ def add_parser(subparsers) -> None:
         description="Score DET_DIR/Task1_<class>.txt against ANN_DIR/<image>.txt exactly as the official "
         "DOTA devkit (dota_evaluation_task1.py) does.",
     )
-    p.add_argument("det_dir", metavar="DET_DIR", help="folder of Task1_<class>.txt detection files")
-    p.add_argument("ann_dir", metavar="ANN_DIR", help="folder of labelTxt ground-truth files <image>.txt")
-    p.add_argument(
-        "--imageset", metavar="FILE", help="image ids to evaluate, one per line (default: all labels)"
-    )
-    p.add_argument(
-        "--classes", metavar="A,B", help="comma-separated classes (default: all in the ground truth)"
-    )
-    p.add_argument("--metric", choices=("voc07", "voc12"), default="voc07", help="AP: 11-point or all-point")
-    p.add_argument("--iou", type=_iou, default=0.5, help="match when polygon IoU is strictly above this")
-    p.add_argument("--json", metavar="OUT", help="also write {metric, iou_thr, mAP, per_class, n_gt, n_det}")
+    EvaluateConfig.add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: it loads torch, which `obbslim --help` does not need
     from obbslim.eval.table import evaluate_report
 
-    classes = None if args.classes is None else [c for c in args.classes.split(",") if c.strip()]
-    print(
-        evaluate_report(args.det_dir, args.ann_dir, args.imageset, classes, args.metric, args.iou, args.json)
-    )
+    c = EvaluateConfig.from_args(args)
+    classes = None if c.classes is None else [k for k in c.classes.split(",") if k.strip()]
+    print(evaluate_report(c.det_dir, c.ann_dir, c.imageset, classes, c.metric, c.iou, c.json_path))
     return 0

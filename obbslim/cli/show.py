@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from obbslim.options import ShowConfig
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -13,23 +15,14 @@ def add_parser(subparsers) -> None:
         "OUT/<split>_batch0.jpg (a 4x4 grid of dataset items: augmented with --augment, else "
         "letterboxed) and OUT/labels.png (class counts, box sizes, angles).",
     )
-    p.add_argument("data", metavar="DATA", help="dataset YAML")
-    p.add_argument("--split", default="train", help="split to draw (default: train)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--n", type=int, default=16, help="number of images drawn with their labels (default: 16)")
-    p.add_argument("--augment", action="store_true", help="draw the batch grid with training augmentation")
-    p.add_argument("--imgsz", type=int, default=640, help="image size of the batch grid items (default: 640)")
-    p.add_argument("--seed", type=int, default=0, help="augmentation seed (default: 0)")
-    p.add_argument("--hyp", metavar="YAML", help="hyperparameter YAML (default: the project defaults)")
+    ShowConfig.add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from obbslim.data.augment import load_hyp
+    # imported here, not at the top: it loads torch, which `obbslim --help` does not need
     from obbslim.data.show import show_dataset
 
-    hyp = load_hyp(args.hyp) if args.hyp else None
-    paths = show_dataset(args.data, args.split, args.out, args.n, args.augment, args.imgsz, args.seed, hyp)
-    for path in paths:
+    for path in show_dataset(**ShowConfig.from_args(args).kwargs()):
         print(path)
     return 0

@@ -12,15 +12,14 @@ and flips below use it too, so a polygon drawn on the image stays on the image a
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import cv2
 import numpy as np
 
+from obbslim.ops import poly2rbox, poly_area
+
 __all__ = [
-    "HYP_DEFAULT",
-    "load_hyp",
     "letterbox",
     "letterbox_polys",
     "mosaic4",
@@ -32,40 +31,11 @@ __all__ = [
     "augment_hsv",
     "mixup",
     "filter_polys",
-    "poly_area",
     "to_rboxes",
 ]
 
-HYP_DEFAULT = Path(__file__).resolve().parents[1] / "cfg" / "hyp.default.yaml"
-
 # loader for mosaic4: index -> (img resized so the long side == size, polys in its pixels, cls)
 SampleLoader = Callable[[int], "tuple[np.ndarray, np.ndarray, np.ndarray]"]
-
-
-def load_hyp(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The hyperparameters: the project defaults, updated by a user YAML and then by ``overrides``.
-
-    Starting from the defaults means an older YAML that lacks a newer key still works.
-    """
-    import yaml
-
-    from obbslim.errors import InputError
-
-    hyp = yaml.safe_load(HYP_DEFAULT.read_text()) or {}
-    if path is not None:
-        path = Path(path)
-        try:
-            user = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise InputError(f"invalid YAML: {e}", path, None if mark is None else mark.line + 1) from e
-        if user is None:
-            user = {}
-        if not isinstance(user, dict):
-            raise InputError("hyperparameter file must be a mapping of key: value", path)
-        hyp.update(user)
-    hyp.update(overrides or {})
-    return hyp
 
 
 def _polys(polys: np.ndarray | None) -> np.ndarray:
@@ -293,8 +263,6 @@ def filter_polys(
     clipped: a kept object may extend past the border (a convex object whose centre is inside keeps
     at least a quarter of its area inside, so no visible-area test is needed).
     """
-    from obbslim.ops import poly2rbox
-
     p = _polys(polys)
     if len(p) == 0:
         return np.zeros(0, bool)
@@ -310,16 +278,8 @@ def filter_polys(
     return keep
 
 
-def poly_area(polys: np.ndarray) -> np.ndarray:
-    """Shoelace area (absolute) of each quad."""
-    x, y = polys[:, 0::2].astype(np.float64), polys[:, 1::2].astype(np.float64)
-    return 0.5 * np.abs((x * np.roll(y, -1, 1) - np.roll(x, -1, 1) * y).sum(1))
-
-
 def to_rboxes(polys: np.ndarray) -> np.ndarray:
     """Polygons -> rboxes ``(cx, cy, w, h, theta)`` float32 [N, 5] in the project convention."""
-    from obbslim.ops import poly2rbox
-
     p = _polys(polys)
     if len(p) == 0:
         return np.zeros((0, 5), np.float32)

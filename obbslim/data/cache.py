@@ -13,27 +13,27 @@ import os
 import numpy as np
 
 from obbslim.data.classes import normalize_name
+from obbslim.utils.io import atomic_write_bytes
 
 CACHE_VERSION = 1
 
 
-def cache_path(im_files: list[str], fmt: str, split: str) -> str | None:
-    """`<root>/labels/<split>.cache` (or `labelTxt/`) for images under `<root>/images/`."""
-    from obbslim.data.labels import LABEL_DIRS
-
+def cache_path(im_files: list[str], label_dir: str, split: str) -> str | None:
+    """`<root>/<label_dir>/<split>.cache` (`labels/` or `labelTxt/`) for images under `<root>/images/`."""
     sa = f"{os.sep}images{os.sep}"
     for f in im_files:
         if sa in f:
             head = f.rsplit(sa, 1)[0]
-            return os.path.join(head, LABEL_DIRS[fmt], f"{split}.cache")
+            return os.path.join(head, label_dir, f"{split}.cache")
     return None
 
 
-def files_hash(im_files: list[str], lb_files: list[str | None], orphans: list[str], names: list[str]) -> str:
-    from obbslim.data.labels import MIN_AREA
-
+def files_hash(
+    im_files: list[str], lb_files: list[str | None], orphans: list[str], names: list[str], min_area: float
+) -> str:
+    """What the cached scan depends on: the files' sizes and times, the class names, the area limit."""
     h = hashlib.sha256()
-    h.update(f"v{CACHE_VERSION}|{MIN_AREA}|{'|'.join(normalize_name(n) for n in names)}\n".encode())
+    h.update(f"v{CACHE_VERSION}|{min_area}|{'|'.join(normalize_name(n) for n in names)}\n".encode())
     for group in (im_files, lb_files, orphans):
         for p in group:
             if not p:
@@ -50,8 +50,6 @@ def files_hash(im_files: list[str], lb_files: list[str | None], orphans: list[st
 
 def save(path: str, key: str, im_files: list[str], results: list[dict]) -> str | None:
     """Write the cache atomically; return None, or the reason it could not be written."""
-    from obbslim.utils.io import atomic_write_bytes
-
     counts = np.array([len(r["cls"]) for r in results], dtype=np.int64)
     msgs = [m for r in results for m in r["msgs"]]
     arrays = {

@@ -43,6 +43,12 @@ def normalize_name(name: str) -> str:
     return _SEP.sub("-", str(name).strip().lower()).strip("-")
 
 
+def class_key(name: str) -> str:
+    """A class name as DOTA files spell it (Task1 file names, detection lines): trimmed, spaces become
+    hyphens ("small vehicle" -> "small-vehicle"); case is kept."""
+    return name.strip().replace(" ", "-")
+
+
 def class_index(names: Iterable[str]) -> dict[str, int]:
     """Map normalised class name -> class id (position in `names`). Duplicate names are an error."""
     index: dict[str, int] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import cv2
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from obbslim.cfg import load_hyp
 from obbslim.data.augment import (
     augment_hsv,
     filter_polys,
@@ -32,14 +34,14 @@ from obbslim.data.augment import (
     flip_ud,
     letterbox,
     letterbox_polys,
-    load_hyp,
     mixup,
     mosaic4,
-    poly_area,
     random_affine,
     to_rboxes,
 )
+from obbslim.data.labels import load_split
 from obbslim.errors import InputError
+from obbslim.ops import poly_area
 
 __all__ = ["OBBDataset", "collate_fn", "build_dataloader", "EpochSampler", "RectBatchSampler", "set_epoch"]
 
@@ -76,7 +78,7 @@ class OBBDataset(Dataset):
             raise InputError("no images to load (empty split)")
         self.imgsz = int(imgsz)
         self.augment = bool(augment)
-        self.hyp = load_hyp(overrides=hyp)
+        self.hyp = load_hyp(hyp)
         self.rect = bool(rect)
         self.mosaic = self.augment and not self.rect
         self.stride = int(stride)
@@ -98,8 +100,6 @@ class OBBDataset(Dataset):
         Image decoding dominates the loader (a mosaic reads 4 images per item); the cache costs about
         ``len(self) * imgsz**2 * 3`` bytes. Returns the bytes used.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
         self._cache = None
         with ThreadPoolExecutor(threads) as pool:
             items = list(pool.map(self._load_resized, range(len(self))))
@@ -183,7 +183,7 @@ class OBBDataset(Dataset):
         if mosaic and rng.random() < hyp["mosaic"]:
             s = self.imgsz
             img, polys, cls = mosaic4(self._mosaic_loader, [i, *rng.integers(0, n, 3)], s, rng)
-            if rng.random() < hyp.get("mixup", 0.0):
+            if rng.random() < hyp["mixup"]:
                 img2, polys2, cls2 = mosaic4(self._mosaic_loader, list(rng.integers(0, n, 4)), s, rng)
                 img, polys, cls = mixup(img, polys, cls, img2, polys2, cls2, rng)
             border = (-(s // 2), -(s // 2))
@@ -202,7 +202,7 @@ class OBBDataset(Dataset):
             img, polys, sc = random_affine(
                 img, polys, rng, hyp["degrees"], hyp["translate"], hyp["scale"], hyp["shear"], border
             )
-            keep = filter_polys(polys, img.shape[:2], hyp.get("min_size", 2.0), area_before=area0, scale=sc)
+            keep = filter_polys(polys, img.shape[:2], hyp["min_size"], area_before=area0, scale=sc)
             polys, cls = polys[keep], cls[keep]
             img = augment_hsv(img, rng, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
             if rng.random() < hyp["flipud"]:
@@ -320,8 +320,6 @@ def build_dataloader(
     if isinstance(data, (list, tuple)):
         samples = list(data)
     else:
-        from obbslim.data.labels import load_split
-
         samples, _ = load_split(data, split)
     rect = (not augment) if rect is None else rect
     shuffle = (augment and not rect) if shuffle is None else shuffle

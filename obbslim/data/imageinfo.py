@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import cv2
+
 from obbslim.errors import InputError
 
 IMG_FORMATS = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
@@ -86,8 +88,6 @@ def image_size(path: str | Path) -> tuple[int, int]:
     except (ValueError, struct.error) as e:
         raise InputError(f"corrupt image: {e}", path) from None
     if hw is None:  # neither PNG nor JPEG: decode it
-        import cv2
-
         im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if im is None:
             raise InputError("corrupt or unsupported image (cv2 cannot decode it)", path)

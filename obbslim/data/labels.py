@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import yaml
+from tqdm import tqdm
 
+from obbslim.data import cache as cache_mod
 from obbslim.data.classes import class_index, dota_names, normalize_name
 from obbslim.data.imageinfo import IMG_FORMATS, image_size
+from obbslim.data.labeltxt import read_labeltxt
 from obbslim.errors import InputError
+from obbslim.ops import quad_area
 
 SPLITS = ("train", "val", "test")
 LABEL_DIRS = {"yolo": "labels", "labeltxt": "labelTxt"}  # label format -> folder that replaces images/
@@ -122,8 +127,6 @@ def load_data_yaml(data: str | Path | dict) -> dict:
         yaml_file = d.get("yaml_file")
         base = Path(yaml_file).parent if yaml_file else Path.cwd()
     else:
-        import yaml
-
         yaml_file = os.path.abspath(data)
         if not os.path.isfile(yaml_file):
             raise InputError("dataset YAML not found", yaml_file)
@@ -251,8 +254,6 @@ def _parse_label_file(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Parse one label file -> (polys float64 [N,8] px, cls, difficult, 1-based lines). Raises InputError."""
     if fmt == "labeltxt":
-        from obbslim.data.labeltxt import read_labeltxt
-
         lf = read_labeltxt(path)
         lines = np.asarray(lf.lines, dtype=np.int64)
         keys = [normalize_name(n) for n in lf.names]
@@ -307,18 +308,6 @@ def _parse_label_file(
     return polys, c.astype(np.int64), np.zeros(len(arr), np.int64), lines
 
 
-def quad_area(polys: np.ndarray) -> np.ndarray:
-    """Area of each quad [N,8]; the largest over the three vertex orders, so a bow-tie quad counts fully."""
-    p = np.asarray(polys, dtype=np.float64).reshape(-1, 4, 2)
-    best = np.zeros(len(p))
-    for order in ((0, 1, 2, 3), (0, 1, 3, 2), (0, 2, 1, 3)):
-        q = p[:, order]
-        x, y = q[..., 0], q[..., 1]
-        a = 0.5 * np.abs((x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(1))
-        best = np.fmax(best, a)
-    return np.where(np.isfinite(p).all((1, 2)), best, np.nan)
-
-
 def _scan_one(item: tuple) -> dict:
     """Scan one image and its label file; all problems become messages, never exceptions."""
     im_file, lb_file, fmt, index, nc = item
@@ -355,8 +344,6 @@ def _scan_one(item: tuple) -> dict:
 
 
 def _imap(fn: Callable, items: list, workers: int, desc: str) -> list:
-    from tqdm import tqdm
-
     if workers > 1 and len(items) >= 64:
         with ThreadPool(workers) as pool:
             return list(tqdm(pool.imap(fn, items, chunksize=8), total=len(items), desc=desc, disable=None))
@@ -379,8 +366,6 @@ def load_split(
     image or label file changes (path, size and mtime are hashed). Prints the report's summary to
     stderr when `verbose`.
     """
-    from obbslim.data import cache as cache_mod
-
     d = load_data_yaml(data)
     if split not in d:
         raise InputError(f"the dataset has no '{split}' split", d.get("yaml_file"))
@@ -399,8 +384,8 @@ def load_split(
     elif any(lb is None for lb in lb_files):
         report.notes.append("images outside an 'images/' folder have no label path and count as background")
 
-    cache_file = cache_mod.cache_path(im_files, fmt, split) if cache and fmt else None
-    key = cache_mod.files_hash(im_files, lb_files, orphans, names) if cache_file else ""
+    cache_file = cache_mod.cache_path(im_files, LABEL_DIRS[fmt], split) if cache and fmt else None
+    key = cache_mod.files_hash(im_files, lb_files, orphans, names, MIN_AREA) if cache_file else ""
     results = cache_mod.load(cache_file, key) if cache_file else None
     if results is not None:
         report.from_cache = True
@@ -440,5 +425,4 @@ __all__ = [
     "label_path",
     "detect_format",
     "find_orphans",
-    "quad_area",
 ]

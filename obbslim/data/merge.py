@@ -20,7 +20,10 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from obbslim.data.labeltxt import read_task1, write_task1
 from obbslim.errors import InputError
+from obbslim.ops import batched_nms_rotated, poly2rbox, rbox2poly
+from obbslim.utils.io import atomic_write_text
 
 _TILE = re.compile(
     r"^(?P<image>.+)__(?P<rate>\d+(?:\.\d*)?)__(?P<left>\d+)___(?P<top>\d+)"
@@ -63,8 +66,6 @@ def _numpy(x: Any, dtype: Any = None) -> np.ndarray:
 
 def _to_image(boxes: np.ndarray, left: int, top: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
     """Tile boxes (rboxes [N,5] or polys [N,8]) -> full-image (polys, rboxes)."""
-    from obbslim.ops import poly2rbox, rbox2poly
-
     if boxes.shape[1] == 8:
         polys = (boxes + np.tile([left, top], 4)) / rate
         return polys, poly2rbox(polys).reshape(-1, 5)
@@ -92,8 +93,6 @@ def merge_detections(
     Both need class names: given as names, or ids with ``classes`` (index = id). With ``classes``
     every class gets a Task1 file, even an empty one.
     """
-    from obbslim.ops import batched_nms_rotated
-
     groups: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}
     kinds = set()
     for name, (boxes, scores, cls) in tile_dets.items():
@@ -150,9 +149,6 @@ def _write(
     out_dir: str | Path | None,
     task1_dir: str | Path | None,
 ) -> None:
-    from obbslim.data.labeltxt import write_task1
-    from obbslim.utils.io import atomic_write_text
-
     task1: dict[str, list[tuple[str, float, np.ndarray]]] = {c: [] for c in classes or ()}
     for image_id, det in sorted(merged.items()):
         names = _class_names(det.cls, by_name, classes)
@@ -179,8 +175,6 @@ def read_tile_detections(path: str | Path) -> dict[str, tuple[np.ndarray, np.nda
     Returns ``{tile: (polys float64 [N,8], scores float64 [N], class names str [N])}``, ready for
     ``merge_detections`` (which checks the tile names). Reads merged per-image files back too.
     """
-    from obbslim.data.labeltxt import read_task1
-
     path = Path(path)
     if not path.is_dir():
         raise InputError("detection folder not found", path)

@@ -13,6 +13,14 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
+import torch
+
+from obbslim.data.augment import to_rboxes
+from obbslim.data.dataset import OBBDataset, collate_fn
+from obbslim.data.labels import load_data_yaml, load_split
+from obbslim.errors import InputError, ObbslimError
+from obbslim.ops import rbox2poly
+from obbslim.options import ShowConfig
 
 __all__ = ["class_color", "draw_rboxes", "plot_batch", "plot_labels", "show_dataset", "DIFFICULT_COLOR"]
 
@@ -54,8 +62,6 @@ def draw_rboxes(
     The label (class name, and score when given) sits at the box's top-most corner; ``colors``
     overrides the per-class colour box by box (e.g. to mark difficult objects).
     """
-    from obbslim.ops import rbox2poly
-
     out = np.ascontiguousarray(img).copy()
     r = np.asarray(rboxes, np.float64).reshape(-1, 5)
     if len(r) == 0:
@@ -98,8 +104,6 @@ def plot_batch(
     ``targets`` rows are ``[img_idx, cls, cx, cy, w, h, theta]`` in image pixels, optionally with an 8th
     column of scores (predictions). Images may be uint8 0-255 or float 0-1.
     """
-    import torch
-
     if isinstance(imgs, torch.Tensor):
         imgs = imgs.detach().cpu().float().numpy()
     if isinstance(targets, torch.Tensor):
@@ -132,14 +136,13 @@ def plot_batch(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), grid):
-        from obbslim.errors import ObbslimError
-
         raise ObbslimError(f"could not write {path}")
     return path
 
 
 def plot_labels(rboxes: Any, cls: Any, names: Sequence[str] | dict | None, path: str | Path) -> Path:
     """Label statistics -> ``path`` (png): class counts, long/short side histograms, angle histogram."""
+    # matplotlib takes about 0.5 s to import: only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,11 +178,11 @@ def show_dataset(
     data: Any,
     split: str,
     out: str | Path,
-    n: int = 16,
-    augment: bool = False,
-    imgsz: int = 640,
-    seed: int = 0,
-    hyp: dict[str, Any] | None = None,
+    n: int = ShowConfig.n,
+    augment: bool = ShowConfig.augment,
+    imgsz: int = ShowConfig.imgsz,
+    seed: int = ShowConfig.seed,
+    hyp: str | Path | dict[str, Any] | None = ShowConfig.hyp,
     cache: bool = True,
     max_size: int = 2048,
 ) -> list[Path]:
@@ -190,11 +193,6 @@ def show_dataset(
     dataset items as the model sees them: augmented with ``augment``, else letterboxed) and
     ``out/labels.png`` (statistics of every object of the split).
     """
-    from obbslim.data.augment import to_rboxes
-    from obbslim.data.dataset import OBBDataset, collate_fn
-    from obbslim.data.labels import load_data_yaml, load_split
-    from obbslim.errors import InputError
-
     d = load_data_yaml(data)
     names = d["names"]
     samples, _ = load_split(d, split, cache=cache, verbose=False)

@@ -16,16 +16,22 @@ polygons with 3 or 6+ vertices are reduced to 4 vertices (below) instead of bein
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import struct
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
+from obbslim.data.imageinfo import IMG_FORMATS
+from obbslim.data.labeltxt import read_labeltxt, write_labeltxt
 from obbslim.errors import InputError
+from obbslim.options import SplitConfig
+from obbslim.utils.io import atomic_write_bytes
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _EPS = 1e-6  # pixels: vertices closer than this are duplicates
 
 
@@ -283,11 +289,6 @@ def _split_one(job: tuple[str, dict]) -> dict:
 
 
 def _split_decoded(img_path: Path, cfg: dict, stat: dict) -> None:
-    import cv2
-
-    from obbslim.data.labeltxt import read_labeltxt
-    from obbslim.utils.io import atomic_write_bytes
-
     img = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
     if img is None:
         raise InputError("cannot read image (corrupt or unsupported format)", img_path)
@@ -320,8 +321,6 @@ def _split_decoded(img_path: Path, cfg: dict, stat: dict) -> None:
 
 def _write_tile_labels(path: Path, label: Any, polys: np.ndarray, window, keep_thr: float) -> int:
     """Write the tile's labelTxt (objects in tile coordinates); returns the number of objects."""
-    from obbslim.data.labeltxt import write_labeltxt
-
     quads, keep = clip_objects(polys, window)
     sel = np.flatnonzero(keep > 0)
     quads = quads[sel] - np.tile(np.asarray(window[:2], dtype=np.float64), 4)
@@ -334,25 +333,23 @@ def _write_tile_labels(path: Path, label: Any, polys: np.ndarray, window, keep_t
 
 # ----------------------------------------------------------------------------- the dataset
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_FORMATS)
 
 
 def _worker_init() -> None:
-    import cv2
-
     cv2.setNumThreads(1)  # the pool already uses every core
 
 
 def split_dataset(
     src: str | Path,
     dst: str | Path,
-    size: int = 1024,
-    gap: int = 200,
-    rates: Iterable[float] = (1.0,),
-    keep_thr: float = 0.7,
-    images_only: bool = False,
-    workers: int | None = None,
-    ext: str = ".png",
+    size: int = SplitConfig.size,
+    gap: int = SplitConfig.gap,
+    rates: Iterable[float] = SplitConfig.rates,
+    keep_thr: float = SplitConfig.keep_thr,
+    images_only: bool = SplitConfig.images_only,
+    workers: int | None = SplitConfig.workers,
+    ext: str = SplitConfig.ext,
     progress: bool = True,
 ) -> dict:
     """Split a DOTA folder ``src`` (``images/``, ``labelTxt/``) into tiles under ``dst``.
@@ -376,8 +373,8 @@ def split_dataset(
     if not 0 <= keep_thr <= 1:
         raise InputError(f"keep_thr must be in [0, 1], got {keep_thr}")
     ext = ext if ext.startswith(".") else "." + ext
-    if ext.lower() not in IMAGE_EXTS:
-        raise InputError(f"unsupported tile format {ext!r}; use one of {', '.join(IMAGE_EXTS)}")
+    if ext.lower() not in IMG_FORMATS:
+        raise InputError(f"unsupported tile format {ext!r}; use one of {', '.join(IMG_FORMATS)}")
     tile_windows(size, size, size, gap)  # validates size and gap
     out_images, out_labels = dst / "images", dst / "labelTxt"
     if out_images.resolve() == images_dir.resolve():
@@ -395,7 +392,6 @@ def split_dataset(
     workers = min(os.cpu_count() or 1, 8) if workers is None else max(int(workers), 1)
     workers = min(workers, max(len(jobs), 1))
     summary: dict = {"images": len(files), "tiles_written": 0, "tiles_skipped": 0, "objects": 0, "failed": []}
-    from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="split", unit="img", disable=not progress)
     try:
@@ -403,8 +399,6 @@ def split_dataset(
             results: Iterable[dict] = map(_split_one, jobs)
             _collect(results, summary, bar)
         else:
-            import multiprocessing as mp
-
             with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
                 _collect(pool.imap_unordered(_split_one, jobs), summary, bar)
     finally:

@@ -12,12 +12,18 @@ import math
 import os
 import shutil
 from dataclasses import dataclass, field
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from obbslim.data.labeltxt import write_labeltxt
 from obbslim.errors import ObbslimError
+from obbslim.ops import norm_rbox, poly_area, rbox2poly
+from obbslim.options import SynthConfig
+from obbslim.utils.io import atomic_write_text
 
 CLASSES = ("small-vehicle", "large-vehicle", "plane", "ship", "storage-tank")
 CLASS_WEIGHTS = (0.3, 0.2, 0.15, 0.2, 0.15)
@@ -60,8 +66,6 @@ def _min_rect(points: np.ndarray) -> np.ndarray:
 
 
 def _rbox_quad(cx: float, cy: float, w: float, h: float, t: float) -> np.ndarray:
-    from obbslim.ops import norm_rbox, rbox2poly
-
     r = norm_rbox(np.array([[cx, cy, w, h, t]], np.float64))
     return rbox2poly(r)[0]
 
@@ -205,8 +209,7 @@ def _place(
     holds the placed boxes' pixel counts. Both are updated when `o` is accepted.
     """
     quad = o.label.reshape(4, 2)
-    x, y = quad[:, 0], quad[:, 1]
-    area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    area = float(poly_area(o.label.reshape(1, 8))[0])
     x0, y0, x1, y1 = _roi(quad, *owner.shape)
     if area < 1 or x1 <= x0 or y1 <= y0:
         return False
@@ -276,13 +279,13 @@ def render_image(
 
 def make_synthetic(
     dst: str | Path,
-    n_images: int = 300,
-    size: int = 512,
-    seed: int = 0,
-    val_frac: float = 0.2,
-    overwrite: bool = False,
-    workers: int | None = None,
-    classes: tuple[str, ...] | list[str] | None = None,
+    n_images: int = SynthConfig.n_images,
+    size: int = SynthConfig.size,
+    seed: int = SynthConfig.seed,
+    val_frac: float = SynthConfig.val_frac,
+    overwrite: bool = SynthConfig.overwrite,
+    workers: int | None = SynthConfig.workers,
+    classes: tuple[str, ...] | list[str] | None = SynthConfig.classes,
 ) -> Path:
     """Write a DOTA-format synthetic dataset under `dst`; return the path of its data.yaml.
 
@@ -291,9 +294,6 @@ def make_synthetic(
     depend only on (seed, n_images, size, val_frac, classes), not on `workers` (threads; default: CPU
     count). ``classes``: a subset of ``CLASSES`` to draw (default: all five), in data.yaml in that order.
     """
-    from obbslim.data.labeltxt import write_labeltxt
-    from obbslim.utils.io import atomic_write_text
-
     if n_images < 1 or size < 32 or not 0 <= val_frac <= 1:
         raise ObbslimError(
             f"need n_images >= 1, size >= 32 and 0 <= val_frac <= 1 (got {n_images}, {size}, {val_frac})"
@@ -321,10 +321,6 @@ def make_synthetic(
     for split in ("train", "val"):
         (dst / "images" / split).mkdir(parents=True, exist_ok=True)
         (dst / "labelTxt" / split).mkdir(parents=True, exist_ok=True)
-
-    from multiprocessing.pool import ThreadPool
-
-    from tqdm import tqdm
 
     def write_one(i: int) -> None:
         img, objects = render_image(seed, i, size, classes)

@@ -1,6 +1,6 @@
 """The comparison table of the paper in one run: accuracy, size and speed of several checkpoints.
 
-Per model: mAP50 (VOC07 11-point, OBB, on the data's val split, via ``obbslim.engine.validate``),
+Per model: mAP50 (VOC07 11-point, OBB, on the data's val split, via ``obbslim.eval.metrics``),
 parameters and GFLOPs (``model_info``, the checkpoint's model before BN fusion, FLOPs = 2 x MACs),
 weight file MB (a *stripped* checkpoint: architecture record, class names and the EMA weights, or the
 raw weights when there is no EMA, in fp16; no optimizer, no fp32 copy; what ``strip_checkpoint``
@@ -20,10 +20,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import onnxruntime
 import torch
 from torch import nn
 
+from obbslim.data.dataset import build_dataloader
+from obbslim.deploy.export import export_onnx
 from obbslim.errors import ObbslimError
+from obbslim.eval.metrics import validate
+from obbslim.inference.onnx_backend import OnnxModel
+from obbslim.model import load, model_info, read_checkpoint
+from obbslim.options import BenchmarkConfig
+from obbslim.utils.device import select_device
+from obbslim.utils.io import atomic_write_bytes, atomic_write_text
 
 COLUMNS = [  # (key, header, format)
     ("mAP50", "mAP50", "{:.4f}"),
@@ -39,8 +48,6 @@ def strip_checkpoint(weights: str | Path, out: str | Path | None = None) -> byte
     """The deployable checkpoint (YOLOv5's strip_optimizer): arch, names, EMA (else raw) weights in fp16.
 
     ``obbslim.model.load`` reads it. Returns the file's bytes; also writes them to `out` when given."""
-    from obbslim.model import read_checkpoint
-
     ckpt = read_checkpoint(weights)
     sd = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
     half = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
@@ -50,8 +57,6 @@ def strip_checkpoint(weights: str | Path, out: str | Path | None = None) -> byte
     torch.save(small, buf)
     data = buf.getvalue()
     if out is not None:
-        from obbslim.utils.io import atomic_write_bytes
-
         atomic_write_bytes(out, data)
     return data
 
@@ -89,9 +94,6 @@ class OnnxAsTorch(nn.Module):
 
 def validate_onnx(onnx_model: Any, data: Any, imgsz: int | None = None, batch_size: int = 4) -> dict:
     """mAP of an ONNX export (fp32 or INT8) on the data's val split, letterboxed to its fixed size."""
-    from obbslim.data.dataset import build_dataloader
-    from obbslim.engine.validate import validate
-
     imgsz = imgsz or onnx_model.imgsz[0]
     loader = build_dataloader(data, "val", imgsz, batch_size, augment=False, rect=onnx_model.dynamic)
     return validate(OnnxAsTorch(onnx_model), loader, names=onnx_model.names, progress=False)
@@ -147,6 +149,7 @@ def format_markdown(result: dict) -> str:
 
 def plot_benchmark(result: dict, out: Path) -> list[Path]:
     """map_vs_latency.png and map_vs_gflops.png (each model a labelled point)."""
+    # matplotlib takes about 0.5 s to import: only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,120 +182,97 @@ def plot_benchmark(result: dict, out: Path) -> list[Path]:
     return paths
 
 
-def benchmark(
-    weights: Sequence[str | Path],
-    data: Any,
-    imgsz: int = 1024,
-    device: str = "cpu",
-    onnx: bool = False,
-    runs: int = 50,
-    warmup: int = 10,
-    threads: int | None = None,
-    out: str | Path | None = None,
-    names: Sequence[str] | None = None,
-    batch_size: int = 4,
-    workers: int = 0,
-    verbose: bool = True,
-) -> dict:
-    """Benchmark checkpoints (see the module doc for what each column measures).
+def benchmark(*args: Any, **options: Any) -> dict:
+    """``benchmark(weights, data, **options)`` with the options of :class:`~obbslim.options.BenchmarkConfig`:
+    benchmark checkpoints (see the module doc for what each column measures).
 
     Returns ``{"rows": [{name, weights, mAP50, params, params_m, gflops, size_mb, latency_torch_ms,
     latency_onnx_ms, change: {key: % vs the first row (0 for the first row; None when undefined)}}],
-    "settings": {...}}``; with `out`, also writes ``benchmark.md``, ``benchmark.json``,
-    ``map_vs_latency.png`` and ``map_vs_gflops.png`` there (and the ONNX exports under ``onnx/``).
+    "settings": {...}}``; with ``out`` (None: no files), also writes ``benchmark.md``,
+    ``benchmark.json``, ``map_vs_latency.png`` and ``map_vs_gflops.png`` there (and the ONNX exports
+    under ``onnx/``).
     """
-    from obbslim.data.dataset import build_dataloader
-    from obbslim.engine.validate import validate
-    from obbslim.model import load, model_info
-
-    if not weights:
+    cfg = BenchmarkConfig.of(*args, **options)
+    if not cfg.weights:
         raise ObbslimError("benchmark: no weights given")
-    from obbslim.model import read_checkpoint
-
-    for w in weights:  # fail before the (long) runs, with the file's name
+    for w in cfg.weights:  # fail before the (long) runs, with the file's name
         read_checkpoint(w)
-    labels = _labels(weights, names)
-    dev = torch.device(device if device not in ("", None) else "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ObbslimError("benchmark: --device cuda but CUDA is not available")
+    labels = _labels(cfg.weights, cfg.names)
+    dev = select_device(cfg.device)
     threads_before = torch.get_num_threads()
-    torch_threads = int(threads) if threads else threads_before
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
-    out = Path(out) if out is not None else None
+    torch_threads = int(cfg.threads) if cfg.threads else threads_before
+    out = Path(cfg.out) if cfg.out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.TemporaryDirectory() if onnx and out is None else None
-    onnx_dir = (out / "onnx") if out is not None else (Path(tmp.name) if tmp else None)
-    loader = build_dataloader(data, "val", imgsz, batch_size, augment=False, workers=workers)
-    providers = ["CPUExecutionProvider"]
-    if dev.type == "cuda":
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if verbose:
-        ort = f", ONNX Runtime threads {threads or 'default'}" if onnx else ""
-        print(f"benchmark: {len(weights)} models, {len(loader.dataset)} val images, {imgsz}x{imgsz}, {dev}, "
-              f"PyTorch threads {torch_threads}{ort}")  # fmt: skip
-    rows = []
+    loader = build_dataloader(cfg.data, "val", cfg.imgsz, cfg.batch, augment=False, workers=cfg.workers)
+    if cfg.verbose:
+        ort_txt = f", ONNX Runtime threads {cfg.threads or 'default'}" if cfg.onnx else ""
+        n, size = len(loader.dataset), f"{cfg.imgsz}x{cfg.imgsz}"
+        print(f"benchmark: {len(cfg.weights)} models, {n} val images, {size}, {dev}, "
+              f"PyTorch threads {torch_threads}{ort_txt}")  # fmt: skip
     torch.set_num_threads(torch_threads)  # restored below: the caller's setting is not ours to keep
     try:
-        for w, label in zip(weights, labels):
-            model = load(w, device=dev)
-            info = model_info(model, imgsz=imgsz, print_fn=None)
-            size_mb = len(strip_checkpoint(w)) / 1e6
-            model.fuse()
-            metrics = validate(model, loader, names=model.names, progress=False)
-            x = torch.rand(1, model.in_ch, imgsz, imgsz, generator=torch.Generator().manual_seed(0)).to(dev)
-            with torch.inference_mode():
-                lat_t = time_fn(lambda m=model, x=x: m(x), runs, warmup, sync)
-            lat_o = None
-            if onnx:
-                from obbslim.deploy.export import export_onnx
-                from obbslim.deploy.onnx_backend import OnnxModel
-
-                dst = onnx_dir / f"{label.replace('/', '_')}.onnx"
-                p = export_onnx(w, imgsz=imgsz, out=dst, verbose=False)
-                om = OnnxModel(p, providers=providers, threads=threads)
-                xn = x.cpu().numpy()
-                lat_o = time_fn(lambda om=om, xn=xn: om.run_numpy(xn), runs, warmup)
-            row = {
-                "name": label, "weights": str(w), "mAP50": float(metrics["mAP50"]),
-                "mAP50_95": float(metrics["mAP50_95"]), "params": int(info["params"]),
-                "params_m": info["params"] / 1e6, "gflops": float(info["gflops"]), "size_mb": size_mb,
-                "latency_torch_ms": lat_t, "latency_onnx_ms": lat_o,
-            }  # fmt: skip
-            rows.append(row)
-            if verbose:
-                o = f", ORT {lat_o:.1f} ms" if lat_o is not None else ""
-                print(f"  {label}: mAP50 {row['mAP50']:.4f}, {row['params_m']:.2f}M params, "
-                      f"{row['gflops']:.1f} GFLOPs, {size_mb:.2f} MB, PyTorch {lat_t:.1f} ms{o}")  # fmt: skip
-            del model
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_dir = out / "onnx" if out is not None else Path(tmp)
+            rows = [_row(cfg, w, label, loader, dev, onnx_dir) for w, label in zip(cfg.weights, labels)]
     finally:
         torch.set_num_threads(threads_before)
-        if tmp is not None:
-            tmp.cleanup()
     keys = [c[0] for c in COLUMNS]
     for r in rows:
         first = r is rows[0]
         r["change"] = {k: (0.0 if first and r[k] is not None else _change(r[k], rows[0][k])) for k in keys}
-    import onnxruntime
-
     result = {
         "rows": rows,
         "settings": {
-            "data": str(data) if not isinstance(data, dict) else str(data.get("path", "")),
-            "n_val_images": len(loader.dataset), "imgsz": imgsz, "device": str(dev), "onnx": bool(onnx),
-            "runs": runs, "warmup": warmup, "torch_threads": torch_threads,
-            "ort_threads": threads or "default (physical cores)", "batch": 1,
+            "data": str(cfg.data) if not isinstance(cfg.data, dict) else str(cfg.data.get("path", "")),
+            "n_val_images": len(loader.dataset), "imgsz": cfg.imgsz, "device": str(dev),
+            "onnx": bool(cfg.onnx),
+            "runs": cfg.runs, "warmup": cfg.warmup, "torch_threads": torch_threads,
+            "ort_threads": cfg.threads or "default (physical cores)", "batch": 1,
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
         },
     }  # fmt: skip
     if out is not None:
-        from obbslim.utils.io import atomic_write_text
-
-        md = format_markdown(result)
-        atomic_write_text(out / "benchmark.md", md)
-        atomic_write_text(out / "benchmark.json", json.dumps(result, indent=2) + "\n")
-        plot_benchmark(result, out)
-        if verbose:
-            print(md)
-            print(f"benchmark: wrote benchmark.md, benchmark.json and the plots to {out}")
+        _write(result, out, cfg.verbose)
     return result
+
+
+def _row(cfg: BenchmarkConfig, w: Any, label: str, loader: Any, dev: torch.device, onnx_dir: Path) -> dict:
+    """One model's figures (mAP50, size, latency of the fused PyTorch model and of the ONNX export)."""
+    model = load(w, device=dev)
+    info = model_info(model, imgsz=cfg.imgsz, print_fn=None)
+    size_mb = len(strip_checkpoint(w)) / 1e6
+    model.fuse()
+    metrics = validate(model, loader, names=model.names, progress=False)
+    x = torch.rand(1, model.in_ch, cfg.imgsz, cfg.imgsz, generator=torch.Generator().manual_seed(0)).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    with torch.inference_mode():
+        lat_t = time_fn(lambda m=model, x=x: m(x), cfg.runs, cfg.warmup, sync)
+    lat_o = None
+    if cfg.onnx:
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if dev.type == "cuda" else None
+        p = export_onnx(w, imgsz=cfg.imgsz, out=onnx_dir / f"{label.replace('/', '_')}.onnx", verbose=False)
+        om = OnnxModel(p, providers=providers or ["CPUExecutionProvider"], threads=cfg.threads)
+        xn = x.cpu().numpy()
+        lat_o = time_fn(lambda om=om, xn=xn: om.run_numpy(xn), cfg.runs, cfg.warmup)
+    row = {
+        "name": label, "weights": str(w), "mAP50": float(metrics["mAP50"]),
+        "mAP50_95": float(metrics["mAP50_95"]), "params": int(info["params"]),
+        "params_m": info["params"] / 1e6, "gflops": float(info["gflops"]), "size_mb": size_mb,
+        "latency_torch_ms": lat_t, "latency_onnx_ms": lat_o,
+    }  # fmt: skip
+    if cfg.verbose:
+        o = f", ORT {lat_o:.1f} ms" if lat_o is not None else ""
+        print(f"  {label}: mAP50 {row['mAP50']:.4f}, {row['params_m']:.2f}M params, "
+              f"{row['gflops']:.1f} GFLOPs, {size_mb:.2f} MB, PyTorch {lat_t:.1f} ms{o}")  # fmt: skip
+    return row
+
+
+def _write(result: dict, out: Path, verbose: bool) -> None:
+    md = format_markdown(result)
+    atomic_write_text(out / "benchmark.md", md)
+    atomic_write_text(out / "benchmark.json", json.dumps(result, indent=2) + "\n")
+    plot_benchmark(result, out)
+    if verbose:
+        print(md)
+        print(f"benchmark: wrote benchmark.md, benchmark.json and the plots to {out}")

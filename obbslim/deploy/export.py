@@ -18,66 +18,37 @@ from __future__ import annotations
 
 import copy
 import io
-import json
-import math
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
+from obbslim import __version__
+from obbslim.deploy.quantize import quantize_int8
 from obbslim.errors import ObbslimError
-
-FORMAT = "obbslim-onnx 1"
-OUTPUT_DOC = "output [B, N, 6 + nc]: cx, cy, w, h, theta (rad), obj, class probs (input pixels)"
+from obbslim.inference.onnx_metadata import FORMAT, OUTPUT_DOC, set_metadata
+from obbslim.model import OBBModel, load
+from obbslim.options import ExportConfig
+from obbslim.utils.io import atomic_write_bytes
 
 
 class ExportModel(nn.Module):
-    """The fused model plus the decode of Detect without the theta probabilities.
-
-    Same formulas as ``Detect.decode`` (the parity test holds them equal), minus the sigmoid of the
-    180 theta bins, which would cost more than the rest of the decode for a column nobody reads.
-    """
+    """The fused model with its own head decode (``Detect.decode``) minus the 180 theta probabilities."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ys: list[Any] = []
-        for m in self.model.model[:-1]:  # OBBModel.forward's routing, up to the head
-            if m.f != -1:
-                x = ys[m.f] if isinstance(m.f, int) else [x if j == -1 else ys[j] for j in m.f]
-            x = m(x)
-            ys.append(x if m.i in self.model.save else None)
-        det = self.model.detect
-        nc, na, out = det.nc, det.na, []
-        for i, j in enumerate(det.f):
-            p = det.m[i](x if j == -1 else ys[j])
-            bs, _, ny, nx = p.shape
-            p = p.view(bs, na, det.no, ny, nx).permute(0, 1, 3, 4, 2)
-            yv, xv = torch.meshgrid(
-                torch.arange(ny, dtype=p.dtype, device=p.device),
-                torch.arange(nx, dtype=p.dtype, device=p.device),
-                indexing="ij",
-            )
-            grid = (torch.stack((xv, yv), 2) - 0.5).view(1, 1, ny, nx, 2)
-            xy = (p[..., 0:2].sigmoid() * 2 + grid) * det.stride[i].to(p.dtype)
-            wh = (p[..., 2:4].sigmoid() * 2) ** 2 * det.anchors[i].to(p.dtype).view(1, na, 1, 1, 2)
-            if det.nbins:
-                k = p[..., 5 + nc :].argmax(-1, keepdim=True).to(p.dtype)
-                theta = k * (math.pi / det.nbins) - math.pi / 2
-            else:
-                theta = torch.zeros_like(p[..., :1])
-            y = torch.cat((xy, wh, theta, p[..., 4 : 5 + nc].sigmoid()), -1)
-            out.append(y.reshape(bs, -1, 6 + nc))
-        return torch.cat(out, 1)
+        return self.model.detect.decode(self.model.forward_raw(x), theta_probs=False)
 
 
 def _as_model(weights: Any) -> tuple[nn.Module, Path | None]:
-    from obbslim.model import OBBModel, load
-
     if isinstance(weights, OBBModel):
         model = copy.deepcopy(weights).cpu().float().eval()
         return model, None
@@ -101,37 +72,9 @@ def arch_summary(model: nn.Module) -> dict:
     }
 
 
-def set_metadata(onnx_model: Any, meta: dict[str, Any]) -> None:
-    """Replace metadata_props entries by `meta` (values JSON-encoded unless already str)."""
-    keep = [p for p in onnx_model.metadata_props if p.key not in meta]
-    del onnx_model.metadata_props[:]
-    onnx_model.metadata_props.extend(keep)
-    for k, v in meta.items():
-        p = onnx_model.metadata_props.add()
-        p.key, p.value = k, v if isinstance(v, str) else json.dumps(v)
-
-
-def read_metadata(onnx_model_or_path: Any) -> dict[str, Any]:
-    """metadata_props as a dict with JSON values decoded (plain strings stay strings)."""
-    import onnx
-
-    m = onnx_model_or_path
-    if not hasattr(m, "metadata_props"):
-        m = onnx.load(str(m), load_external_data=False)
-    out = {}
-    for p in m.metadata_props:
-        try:
-            out[p.key] = json.loads(p.value)
-        except ValueError:
-            out[p.key] = p.value
-    return out
-
-
 def _simplify(model_bytes: bytes) -> tuple[bytes, str]:
     """onnxsim when installed; else ONNX Runtime's basic (provider-independent, standard-op) passes."""
-    import onnx
-
-    try:
+    try:  # optional: not a dependency
         import onnxsim  # type: ignore[import-not-found]
     except ImportError:
         onnxsim = None
@@ -139,10 +82,6 @@ def _simplify(model_bytes: bytes) -> tuple[bytes, str]:
         m, ok = onnxsim.simplify(onnx.load_from_string(model_bytes))
         if ok:
             return m.SerializeToString(), "onnxsim"
-    import tempfile
-
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as tmp:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -154,23 +93,19 @@ def _simplify(model_bytes: bytes) -> tuple[bytes, str]:
 
 def export_onnx(
     weights: Any,
-    imgsz: int | tuple[int, int] = 1024,
-    dynamic: bool = False,
-    half: bool = False,
-    simplify: bool = False,
-    opset: int = 17,
-    out: str | Path | None = None,
-    verbose: bool = True,
+    imgsz: int | tuple[int, int] = ExportConfig.imgsz,
+    dynamic: bool = ExportConfig.dynamic,
+    half: bool = ExportConfig.half,
+    simplify: bool = ExportConfig.simplify,
+    opset: int = ExportConfig.opset,
+    out: str | Path | None = ExportConfig.out,
+    verbose: bool = ExportConfig.verbose,
 ) -> Path:
     """Export a checkpoint (or an OBBModel) to ONNX; returns the written path.
 
     `out` defaults to the checkpoint path with suffix .onnx. `half` exports an fp16 graph, meant for
     CUDA (ONNX Runtime's CPU provider lacks fp16 kernels for most ops); it needs CUDA in PyTorch too.
     """
-    import onnx
-
-    from obbslim.utils.io import atomic_write_bytes
-
     if opset < 17:
         raise ObbslimError(f"opset {opset} is too old: use 17 or later")
     model, path = _as_model(weights)
@@ -210,8 +145,6 @@ def export_onnx(
     m = onnx.load_from_string(data)
     onnx.checker.check_model(m)
     m.producer_name = "obbslim"
-    from obbslim import __version__
-
     set_metadata(m, {
         "format": FORMAT,
         "version": __version__,
@@ -234,22 +167,18 @@ def export_onnx(
     return out
 
 
-def export_cli(
-    weights: Any,
-    int8: bool = False,
-    data: Any = None,
-    calib: int = 32,
-    **kwargs: Any,
-) -> list[Path]:
-    """`obbslim export`: export_onnx, then quantize_int8 of the fp32 export when `int8`."""
-    if int8 and data is None:
+def export(*args: Any, **options: Any) -> list[Path]:
+    """``obbslim export``: ``export(weights, **options)`` with the options of
+    :class:`~obbslim.options.ExportConfig`: :func:`export_onnx`, then :func:`quantize_int8` of the fp32
+    export when ``int8``. Returns the written paths."""
+    cfg = ExportConfig.of(*args, **options)
+    if cfg.int8 and cfg.data is None:
         raise ObbslimError("--int8 needs --data (a dataset YAML whose train images calibrate the ranges)")
-    if int8 and (kwargs.get("half") or kwargs.get("dynamic")):
+    if cfg.int8 and (cfg.half or cfg.dynamic):
         raise ObbslimError("--int8 needs a fixed-size fp32 export: drop --half / --dynamic")
-    path = export_onnx(weights, **kwargs)
+    keys = ("weights", "imgsz", "dynamic", "half", "simplify", "opset", "out", "verbose")
+    path = export_onnx(**cfg.kwargs(*keys))
     paths = [path]
-    if int8:
-        from obbslim.deploy.quantize import quantize_int8
-
-        paths.append(quantize_int8(path, data, calib=calib))
+    if cfg.int8:
+        paths.append(quantize_int8(path, cfg.data, calib=cfg.calib, verbose=cfg.verbose))
     return paths

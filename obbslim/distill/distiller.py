@@ -1,13 +1,15 @@
-"""The Distiller: a frozen teacher, 1x1 adapters and feature hooks, used as train()'s ``extra_loss``.
+"""The Distiller: a frozen teacher, 1x1 adapters and feature hooks; a trainable training callback.
 
 It is an ``nn.Module`` whose only parameters are the adapters (student neck widths -> teacher widths),
-so train() optimises them with the student and saves them (``extra_state``) for --resume. The teacher
-is held outside the module tree: it never appears in ``parameters()`` or ``state_dict()`` (the optimizer,
-the EMA and the checkpoints never see it), yet ``.to(device)`` moves it, and ``.train()`` leaves it in
-eval mode (its BatchNorm statistics never change). Its forward runs under ``torch.no_grad``.
+so the training engine optimises them with the student and saves them (``extra_state``) for --resume.
+The teacher is held outside the module tree: it never appears in ``parameters()`` or ``state_dict()``
+(the optimizer, the EMA and the checkpoints never see it), yet ``.to(device)`` moves it, and
+``.train()`` leaves it in eval mode (its BatchNorm statistics never change). Its forward runs under
+``torch.no_grad``.
 
 Features are the Detect inputs (P3/P4/P5 neck outputs), captured by forward hooks on both Detect
-modules; train() calls :meth:`Distiller.bind` with the student after making its EMA copy.
+modules; its ``before_train`` hook calls :meth:`Distiller.bind` with the student (after the engine has
+made its EMA copy, so the hooks stay off the EMA).
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ import torch
 from torch import nn
 
 from obbslim.distill.losses import CLS_KINDS, cwd_loss, mimic_loss, object_masks, output_losses
+from obbslim.engine.callbacks import Callback
+from obbslim.engine.loss import OBBLoss
 from obbslim.errors import ObbslimError
+from obbslim.model import OBBModel
+from obbslim.options import DistillConfig
+from obbslim.options.train import KD_FEATURE_TYPES as FEATURE_TYPES
+from obbslim.utils.device import de_parallel
 
-FEATURE_TYPES = ("cwd", "mimic")
 TERMS = ("kd_box", "kd_obj", "kd_cls", "kd_theta", "kd_feat")
 # Gains that put each term on the scale of the detection term it mirrors (hyp.default.yaml); the
 # angle KL is a sum over 180 bins while the detection theta BCE is a mean, hence its smaller gain.
@@ -59,7 +66,7 @@ def _adapter(c_in: int, c_out: int) -> nn.Conv2d:
     return conv
 
 
-class Distiller(nn.Module):
+class Distiller(Callback, nn.Module):
     """``extra_loss(raw, imgs, targets) -> (loss, {kd_box, kd_obj, kd_cls, kd_theta, kd_feat})``.
 
     ``loss = batch * (output_weight * sum(gain_k * output term k) + feature_weight * gain_feat * feat)``,
@@ -72,20 +79,18 @@ class Distiller(nn.Module):
         self,
         teacher: nn.Module,
         student_ch: Sequence[int],
-        output_weight: float = 1.0,
-        feature_weight: float = 1.0,
-        temp: float = 1.0,
-        feature_type: str = "cwd",
-        feature_temp: float = 1.0,
-        cls_kind: str = "bce",
-        box_thresh: float = 0.5,
+        output_weight: float = DistillConfig.kd_output,
+        feature_weight: float = DistillConfig.kd_feature,
+        temp: float = DistillConfig.kd_temp,
+        feature_type: str = DistillConfig.kd_feature_type,
+        feature_temp: float = DistillConfig.kd_feature_temp,
+        cls_kind: str = DistillConfig.kd_cls,
+        box_thresh: float = DistillConfig.kd_box_thresh,
         gains: dict | None = None,
         teacher_name: str = "teacher",
         student_name: str = "student",
     ):
         super().__init__()
-        from obbslim.engine.loss import OBBLoss
-
         if feature_type not in FEATURE_TYPES:
             raise ObbslimError(f"--kd-feature-type must be one of {FEATURE_TYPES}, got {feature_type!r}")
         if cls_kind not in CLS_KINDS:
@@ -116,6 +121,27 @@ class Distiller(nn.Module):
         self._s_detect: list = []
         teacher.detect.register_forward_hook(self._keep_teacher)
 
+    name = "distill"  # recorded in the checkpoints: a resumed run needs the Distiller again
+
+    @classmethod
+    def from_config(
+        cls, teacher: nn.Module, student_arch: dict, cfg: DistillConfig, student_name: str
+    ) -> Distiller:
+        """The Distiller of a distill run's options, for a student of record ``student_arch``."""
+        return cls(
+            teacher, student_ch=student_arch["layers"][-1]["ch"], output_weight=cfg.kd_output,
+            feature_weight=cfg.kd_feature, temp=cfg.kd_temp, feature_type=cfg.kd_feature_type,
+            feature_temp=cfg.kd_feature_temp, cls_kind=cfg.kd_cls, box_thresh=cfg.kd_box_thresh,
+            gains=cfg.kd_gains or None, teacher_name=cfg.teacher, student_name=student_name,
+        )  # fmt: skip
+
+    # -- the training callback
+    def before_train(self, state) -> None:
+        self.bind(de_parallel(state.model))
+
+    def extra_loss(self, raw: list[torch.Tensor], imgs: torch.Tensor, targets: torch.Tensor):
+        return self(raw, imgs, targets)
+
     # -- the teacher stays out of the module tree, frozen, but follows the device
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
@@ -135,8 +161,6 @@ class Distiller(nn.Module):
 
     def bind(self, student: nn.Module) -> None:
         """Hook the student's Detect inputs (call once the student's EMA copy exists: hooks deep-copy)."""
-        from obbslim.model.yolo import OBBModel
-
         if isinstance(student, OBBModel) and isinstance(self.teacher, OBBModel):
             check_pair(student.get_arch(), self.teacher.get_arch(), self.student_name, self.teacher_name)
         s_ch = [int(m.weight.shape[1]) for m in student.detect.m]

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from obbslim.engine.loss import BALANCE
-
-CLS_KINDS = ("bce", "kl")
+from obbslim.options.train import KD_CLS_KINDS as CLS_KINDS
 
 
 def bernoulli_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temp: float = 1.0) -> torch.Tensor:

@@ -37,28 +37,6 @@ def dist_info() -> DistInfo:
     return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), ws)
 
 
-def select_device(device: str | int | None, info: DistInfo) -> torch.device:
-    """'cpu', '' (auto), '0' or '0,1' -> this process's device (the local rank's GPU under DDP)."""
-    device = "" if device is None else str(device).strip().lower().replace("cuda:", "")
-    if device == "cpu" or (device == "" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        from obbslim.errors import ObbslimError
-
-        raise ObbslimError(f"--device {device} requested but CUDA is not available (use --device cpu)")
-    ids = [int(x) for x in device.split(",") if x != ""] or [0]
-    if info.enabled:
-        if len(ids) > 1 and info.world_size > len(ids):
-            from obbslim.errors import ObbslimError
-
-            raise ObbslimError(f"{info.world_size} processes but only devices {ids} were given")
-        idx = ids[info.local_rank] if len(ids) > 1 else info.local_rank
-    else:
-        idx = ids[0]
-    torch.cuda.set_device(idx)
-    return torch.device("cuda", idx)
-
-
 def init(info: DistInfo, device: torch.device) -> None:
     """Join the process group (idempotent); gloo on CPU, nccl on CUDA."""
     if info.enabled and not dist.is_initialized():

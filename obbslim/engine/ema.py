@@ -12,17 +12,13 @@ import math
 import torch
 from torch import nn
 
-
-def de_parallel(model: nn.Module) -> nn.Module:
-    """The plain model inside a DataParallel / DistributedDataParallel wrapper."""
-    wrapped = isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
-    return model.module if wrapped else model
+from obbslim.utils.device import de_parallel
 
 
 class ModelEMA:
     """Keep a moving average of everything in the model's state_dict (BN buffers included)."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000, updates: int = 0):
+    def __init__(self, model: nn.Module, decay: float, tau: float, updates: int = 0):
         self.ema = copy.deepcopy(de_parallel(model)).eval()
         self.updates = updates
         self.decay_max = decay

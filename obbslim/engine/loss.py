@@ -22,31 +22,14 @@ The total is ``(lbox + lobj + lcls + ltheta) * batch_size`` like YOLOv5, whose g
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn as nn
 
 from obbslim import ops
+from obbslim.cfg import load_hyp
 
 BOX_LOSSES = ("ciou", "probiou", "kld")
-
-DEFAULT_HYP: dict[str, Any] = {
-    "box": 0.05,
-    "obj": 1.0,
-    "cls": 0.5,
-    "theta": 0.5,
-    "cls_pw": 1.0,
-    "obj_pw": 1.0,
-    "theta_pw": 1.0,
-    "anchor_t": 4.0,
-    "label_smoothing": 0.0,
-    "csl_radius": 2.0,
-    "csl_window": "gaussian",
-    "box_loss": "ciou",
-    "theta_loss": "bce",
-}
-
 BALANCE = [4.0, 1.0, 0.4]  # objectness weight per level P3, P4, P5 (YOLOv5, 3 levels)
 
 
@@ -59,10 +42,10 @@ def scale_gains(hyp: dict, nl: int = 3, nc: int = 80, imgsz: int = 640) -> dict:
     """
     out = dict(hyp)
     k = 3.0 / nl
-    out["box"] = hyp.get("box", DEFAULT_HYP["box"]) * k
-    out["cls"] = hyp.get("cls", DEFAULT_HYP["cls"]) * nc / 80.0 * k
-    out["obj"] = hyp.get("obj", DEFAULT_HYP["obj"]) * (imgsz / 640.0) ** 2 * k
-    out["theta"] = hyp.get("theta", DEFAULT_HYP["theta"]) * k
+    out["box"] = hyp["box"] * k
+    out["cls"] = hyp["cls"] * nc / 80.0 * k
+    out["obj"] = hyp["obj"] * (imgsz / 640.0) ** 2 * k
+    out["theta"] = hyp["theta"] * k
     return out
 
 
@@ -208,14 +191,14 @@ class OBBLoss:
     """YOLOv5-OBB loss; ``loss, items = criterion(raw_preds, targets)``.
 
     ``items`` is a detached tensor ``[4] = (box, obj, cls, theta)`` (already multiplied by their gains,
-    not by the batch size). ``hyp`` keys (defaults in ``DEFAULT_HYP``): gains ``box obj cls theta``,
+    not by the batch size). ``hyp`` keys (defaults in ``cfg/hyp.default.yaml``): gains ``box obj cls theta``,
     ``cls_pw obj_pw theta_pw`` (BCE positive weights), ``anchor_t``, ``label_smoothing``,
     ``csl_radius``, ``csl_window`` and ``box_loss`` in ``ciou | probiou | kld``.
     """
 
     def __init__(self, model: nn.Module, hyp: dict | None = None):
         det = _detect_head(model)
-        self.hyp = {**DEFAULT_HYP, **(hyp or {})}
+        self.hyp = load_hyp(hyp)  # a partial dict gets the other keys from the defaults
         if self.hyp["box_loss"] not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {self.hyp['box_loss']!r}")
         self.nc, self.na, self.nbins = int(det.nc), int(det.na), int(det.nbins)
@@ -260,7 +243,7 @@ class OBBLoss:
                 ).to(ps.dtype)
                 if h["theta_loss"] == "ce":  # softmax cross-entropy against the normalised window
                     q = tt / tt.sum(1, keepdim=True)
-                    ltheta = ltheta + -(q * ps[:, c0:].log_softmax(1)).sum(1).mean()
+                    ltheta = ltheta - (q * ps[:, c0:].log_softmax(1)).sum(1).mean()
                 else:
                     ltheta = ltheta + bce_theta(ps[:, c0:], tt)
             lobj = lobj + bce_obj(pi[..., 4], tobj) * self.balance[i]

@@ -14,15 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
-NOMINAL_BATCH = 64
 
-
-def accumulate_steps(batch_size: int, nbs: int = NOMINAL_BATCH) -> int:
+def accumulate_steps(batch_size: int, nbs: int) -> int:
     """Micro-batches per optimizer step, so the effective batch is about ``nbs`` images."""
     return max(round(nbs / batch_size), 1)
 
 
-def scaled_weight_decay(weight_decay: float, batch_size: int, nbs: int = NOMINAL_BATCH) -> float:
+def scaled_weight_decay(weight_decay: float, batch_size: int, nbs: int) -> float:
     """YOLOv5 scales the decay with the effective batch (batch * accumulate) relative to ``nbs``."""
     return weight_decay * batch_size * accumulate_steps(batch_size, nbs) / nbs
 
@@ -45,7 +43,7 @@ def param_groups(model: nn.Module) -> tuple[list, list, list]:
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, momentum: float = 0.937, weight_decay: float = 5e-4, name: str = "SGD"
+    model: nn.Module, lr: float, momentum: float, weight_decay: float, name: str
 ) -> torch.optim.Optimizer:
     """Optimizer with groups [biases, decayed weights, BN weights] (YOLOv5 order: biases first)."""
     decay, bn, bias = param_groups(model)
@@ -69,9 +67,9 @@ def resolve_optimizer(hyp: dict, n_images: int, batch_size: int, epochs: int, nc
     SGD's high lr cannot settle in time, else SGD at lr0 0.01. Other names pass through unchanged; the
     resolved values are written into the returned hyp, so a resumed run and the saved hyp.yaml agree.
     """
-    if hyp.get("optimizer", "SGD") != "auto":
+    if hyp["optimizer"] != "auto":
         return dict(hyp)
-    nbs = int(hyp.get("nbs", NOMINAL_BATCH))
+    nbs = int(hyp["nbs"])
     steps = math.ceil(n_images / max(batch_size, nbs)) * epochs
     if steps > 10_000:
         return {**hyp, "optimizer": "SGD", "lr0": 0.01, "momentum": 0.937}
@@ -102,17 +100,17 @@ def set_lr(
     During the first ``nw`` iterations the bias LR falls from ``warmup_bias_lr`` while the other LRs
     rise from 0, momentum rises from ``warmup_momentum``, and accumulation ramps from 1 (YOLOv5).
     """
-    nbs = int(hyp.get("nbs", NOMINAL_BATCH))
+    nbs = int(hyp["nbs"])
     accumulate = accumulate_steps(batch_size, nbs)
     target = lf(epoch)
     if ni < nw:
         xi = [0, nw]
         accumulate = max(1, int(np.interp(ni, xi, [1, nbs / batch_size]).round()))
         for j, g in enumerate(optimizer.param_groups):
-            start = hyp.get("warmup_bias_lr", 0.1) if j == 0 else 0.0
+            start = hyp["warmup_bias_lr"] if j == 0 else 0.0
             g["lr"] = float(np.interp(ni, xi, [start, g["initial_lr"] * target]))
             if "momentum" in g:
-                g["momentum"] = float(np.interp(ni, xi, [hyp.get("warmup_momentum", 0.8), hyp["momentum"]]))
+                g["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
     else:
         for g in optimizer.param_groups:
             g["lr"] = g["initial_lr"] * target

@@ -8,33 +8,8 @@ from typing import Any
 
 import yaml
 
+from obbslim.options import plain
 from obbslim.utils.io import atomic_write_text
-
-
-def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
-    """runs/train/exp -> runs/train/exp2, exp3, ... unless exist_ok (then the path itself)."""
-    path = Path(path)
-    if exist_ok or not path.exists():
-        return path
-    n = 2
-    while (path.parent / f"{path.name}{n}").exists():
-        n += 1
-    return path.parent / f"{path.name}{n}"
-
-
-def plain(value: Any) -> Any:
-    """Make a value YAML/weights_only friendly: Paths -> str, tuples -> lists, drop callables."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items() if not callable(v)}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
-    return str(value)
 
 
 def write_yaml(path: str | Path, data: dict) -> None:
@@ -90,6 +65,7 @@ def plot_results(csv_path: str | Path, out: str | Path | None = None) -> Path | 
     rows = ResultsCSV(csv_path).read()
     if not rows:
         return None
+    # matplotlib takes about 0.5 s to import: only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")

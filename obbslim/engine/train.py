@@ -1,23 +1,11 @@
 """The training loop (`obbslim train`): SGD + warmup + cosine LR, EMA, AMP, gradient accumulation,
 OBB-mAP validation, checkpoints that resume exactly, clean stop on SIGINT/SIGTERM, DDP via torchrun.
 
-Two hooks let later stages change training without touching this file:
-- ``after_backward(model, epoch_frac)`` runs once per optimizer step after the gradients are final
-  (accumulated and, with AMP, unscaled) and before clipping: network slimming adds its L1 sub-gradient
-  on the BN weights here.
-- ``extra_loss(raw_preds, imgs, targets) -> (loss, {name: value})`` adds terms to the loss (knowledge
-  distillation); each named term becomes a results.csv column. The detection loss it is added to is
-  YOLOv5-scaled (times the batch size), so return terms on that scale. When ``extra_loss`` is an
-  ``nn.Module`` it is trainable: it moves to the device, its parameters get their own optimizer group
-  (no weight decay; gradients averaged over DDP ranks), its ``bind(model)`` (if any) is called with the
-  plain model after the EMA copy is made (so forward hooks stay off the EMA), and its state_dict is saved
-  in the checkpoints as ``extra_state`` and restored on resume. ``extra_args`` (plain data) is stored
-  with the run's arguments so a resumed run can rebuild the extra loss.
-- ``on_epoch_end(model, epoch) -> {column: value}`` adds columns to results.csv (rank 0).
-
-``sparsity`` (lambda), ``sparsity_schedule``, ``sparsity_bias`` and ``sparsity_weighting`` turn on
-network slimming's L1 on the BN scales (obbslim.prune.sparsity) through these hooks; being options,
-resume keeps them.
+Reading order: :func:`train` builds a :class:`TrainState` (:func:`build_state`) and runs :func:`fit`,
+which calls :func:`train_one_epoch` (one :func:`train_step` per batch) and :func:`end_epoch`
+(validation, results.csv, :func:`save_checkpoint`, the stop policies) until the schedule ends.
+Callbacks (:mod:`obbslim.engine.callbacks`) add to a run without touching this file: network
+slimming's sparsity and knowledge distillation are callbacks their commands pass in.
 
 Epochs are 0-based in the progress bar, results.csv and checkpoints (``ckpt['epoch']`` is the last
 completed epoch, -1 for none), as in YOLOv5.
@@ -28,15 +16,23 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
+from obbslim.cfg import load_hyp
+from obbslim.data.dataset import build_dataloader, set_epoch
+from obbslim.data.labels import load_data_yaml, load_split
+from obbslim.data.show import plot_batch, plot_labels
 from obbslim.engine import distributed as ddp
-from obbslim.engine.ema import ModelEMA, de_parallel
+from obbslim.engine.callbacks import Callback
+from obbslim.engine.ema import ModelEMA
+from obbslim.engine.loss import OBBLoss, scale_gains
 from obbslim.engine.optim import (
     accumulate_steps,
     build_optimizer,
@@ -45,534 +41,475 @@ from obbslim.engine.optim import (
     scaled_weight_decay,
     set_lr,
 )
-from obbslim.engine.runs import ResultsCSV, increment_path, plain, plot_results, write_yaml
+from obbslim.engine.runs import ResultsCSV, plot_results, write_yaml
 from obbslim.engine.trainer_utils import (
     StopRequest,
     find_resume_checkpoint,
-    load_hyp,
     rng_state,
     seed_everything,
     set_rng_state,
 )
-from obbslim.engine.validate import fitness, validate
 from obbslim.errors import ObbslimError
+from obbslim.eval.metrics import fitness, validate
+from obbslim.model import build, check_anchors, ckpt_to_model, read_checkpoint, save
+from obbslim.ops import poly2rbox
+from obbslim.options import TrainConfig
+from obbslim.utils.device import de_parallel, select_device
+from obbslim.utils.io import increment_path
 
 MAX_BAD_STEPS = 10  # consecutive NaN/inf losses before training stops
-RUNTIME_KEYS = ("device", "workers", "stop_after", "verbose")  # what --resume lets you change
-METRIC_KEYS = (
-    "mAP50",
-    "mAP50_voc12",
-    "mAP50_95",
-    "precision",
-    "recall",
-    "val_box",
-    "val_obj",
-    "val_cls",
-    "val_theta",
-)
+LOSS_KEYS = ("box", "obj", "cls", "theta")
+METRIC_KEYS = ("mAP50", "mAP50_voc12", "mAP50_95", "precision", "recall", *(f"val_{k}" for k in LOSS_KEYS))
+HALT = "halt"  # what train_step returns when a stop was requested
 
 
-def train(
-    data: str | Path | dict | None = None,
-    model: str | Path = "yolov5s-obb.yaml",
-    epochs: int = 100,
-    imgsz: int = 640,
-    batch: int = 16,
-    device: str = "",
-    workers: int = 8,
-    hyp: str | Path | dict | None = None,
-    project: str | Path = "runs/train",
-    name: str = "exp",
-    exist_ok: bool = False,
-    resume: str | Path | bool | None = None,
-    seed: int = 0,
-    val_every: int = 1,
-    patience: int = 100,
-    noval: bool = False,
-    noautoanchor: bool = False,
-    noplots: bool = False,
-    amp: bool = True,
-    channels_last: bool = False,
-    sync_bn: bool = False,
-    stop_after: int | None = None,
-    time_limit: float | None = None,
-    verbose: bool = True,
-    sparsity: float = 0.0,
-    sparsity_schedule: str = "constant",
-    sparsity_bias: bool = False,
-    sparsity_weighting: str = "none",
-    after_backward: Callable[[torch.nn.Module, float], None] | None = None,
-    extra_loss: Callable[[list, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]] | None = None,
-    extra_args: dict | None = None,
-    on_epoch_end: Callable[[torch.nn.Module, int], dict] | None = None,
-) -> dict[str, Any]:
-    """Train an OBB model; returns ``{run_dir, last, best, best_epoch, best_fitness, metrics, epochs_done,
-    stopped, signal}`` (``stopped``: None, 'signal', 'patience' or 'stop_after').
+@dataclass
+class TrainState:
+    """One training run: its setup (options, device, data, run folder), what a checkpoint restores
+    (model, EMA, optimizer, scaler, epoch, best) and the callbacks."""
+
+    cfg: TrainConfig
+    hyp: dict
+    model: nn.Module  # DDP-wrapped under torchrun: de_parallel(model) is the OBBModel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: ModelEMA | None = None  # rank 0 only
+    criterion: OBBLoss | None = None
+    callbacks: list[Callback] = field(default_factory=list)
+    info: ddp.DistInfo = field(default_factory=ddp.DistInfo)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    save_dir: Path = Path(".")
+    names: list[str] = field(default_factory=list)
+    imgsz: int = 640
+    train_loader: Any = None
+    val_loader: Any = None
+    csv: ResultsCSV | None = None  # rank 0 only
+    lf: Callable[[float], float] = lambda x: 1.0  # LR multiplier per epoch
+    warmup_iters: int = 0
+    epoch: int = 0  # the epoch in progress
+    completed: int = 0  # epochs complete
+    start_epoch: int = 0  # the first epoch of this invocation
+    epochs: int = 1  # the schedule's length (re-estimated under a time limit)
+    best_fitness: float = -1.0
+    best_epoch: int = -1
+    metrics: dict = field(default_factory=dict)  # of the last validation
+    bad_steps: int = 0  # consecutive non-finite losses
+    extra_names: list[str] = field(default_factory=list)  # the callbacks' loss terms
+    elapsed0: float = 0.0  # seconds trained by earlier invocations (resume)
+    t0: float = 0.0  # when this invocation's loop started
+    epoch_times: list[float] = field(default_factory=list)
+    log: Callable[..., None] = print
+
+    @property
+    def amp(self) -> bool:
+        return bool(self.cfg.amp) and self.device.type == "cuda"
+
+    @property
+    def last_pt(self) -> Path:
+        return self.save_dir / "weights" / "last.pt"
+
+    @property
+    def best_pt(self) -> Path:
+        return self.save_dir / "weights" / "best.pt"
+
+    def train_time(self) -> float:
+        return self.elapsed0 + time.time() - self.t0
+
+    def trainable(self) -> list[nn.Module]:
+        return [cb for cb in self.callbacks if isinstance(cb, nn.Module)]
+
+
+@dataclass
+class EpochStats:
+    """What an epoch adds up: images seen, batches counted, the running mean of the loss items."""
+
+    seen: int = 0
+    steps: int = 0
+    mloss: torch.Tensor | None = None
+    halted: bool = False
+
+    def add(self, items: torch.Tensor, n_images: int) -> None:
+        self.seen, self.steps = self.seen + n_images, self.steps + 1
+        self.mloss = (
+            items.float() if self.mloss is None else self.mloss + (items.float() - self.mloss) / self.steps
+        )
+
+
+def train(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> dict[str, Any]:
+    """``train(data, model, epochs, **options)`` with the options of :class:`~obbslim.options.TrainConfig`
+    (or ``train(config)``). Returns ``{run_dir, last, best, best_epoch, best_fitness, metrics,
+    epochs_done, stopped, signal}`` (``stopped``: None, 'signal', 'patience' or 'stop_after').
 
     ``model`` is a spec ('yolov5s-obb.yaml') or a checkpoint (.pt) whose stored architecture is kept
     (a pruned model stays pruned). ``batch`` is the total over all DDP processes. ``stop_after`` ends
     this invocation after that many epochs (the schedule still spans ``epochs``; ``resume`` continues).
     ``time_limit`` (hours) replaces ``epochs`` by the number that fits, re-estimated after every epoch.
-    best.pt is the epoch with the highest OBB mAP50 (VOC07).
+    best.pt is the epoch with the highest OBB mAP50 (VOC07). ``callbacks``: see
+    :mod:`obbslim.engine.callbacks`.
     """
-    opts = {k: v for k, v in locals().items() if k not in ("after_backward", "extra_loss", "on_epoch_end")}
+    cfg = TrainConfig.of(*args, **options)
     info = ddp.dist_info()
-    dev = ddp.select_device(device, info)
+    dev = select_device(cfg.device, info.local_rank, info.world_size)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     ddp.init(info, dev)
     try:
         with StopRequest() as stop:  # from here on SIGINT/SIGTERM stop cleanly at the next step
-            return _train(opts, info, dev, stop, after_backward, extra_loss, on_epoch_end)
+            return fit(build_state(cfg, list(callbacks), info, dev), stop)
     finally:
         ddp.cleanup(info)
 
 
-def _train(
-    opts: dict,
-    info: ddp.DistInfo,
-    dev: torch.device,
-    stop: StopRequest,
-    after_backward,
-    extra_loss,
-    on_epoch_end=None,
-) -> dict:
-    from obbslim.data.dataset import build_dataloader, set_epoch
-    from obbslim.data.labels import load_data_yaml, load_split
-    from obbslim.engine.loss import OBBLoss, scale_gains
-    from obbslim.model import build, check_anchors, ckpt_to_model, read_checkpoint, save
+# ---------------------------------------------------------------------------------------- the loop
 
-    main = info.main
-    log = print if (main and opts["verbose"]) else (lambda *a, **k: None)
-    ckpt = None
-    if opts["resume"]:  # continue a run with its stored options; only RUNTIME_KEYS may change
-        last = find_resume_checkpoint(opts["resume"], opts["project"])
-        ckpt = read_checkpoint(last)
-        if "train_args" not in ckpt:
-            raise ObbslimError(f"{last}: not a training checkpoint (no train_args); use --model to fine-tune")
-        if ckpt["epoch"] + 1 >= ckpt["train_args"]["epochs"]:
-            raise ObbslimError(
-                f"{last}: training already finished ({ckpt['epoch'] + 1} epochs), nothing to resume"
-            )
-        opts = {**ckpt["train_args"], **{k: opts[k] for k in RUNTIME_KEYS}, "resume": str(last)}
-        save_dir = last.parent.parent
-        log(f"resuming {save_dir} from epoch {ckpt['epoch'] + 1}")
-    else:
-        if not opts["data"]:
-            raise ObbslimError("a dataset is required: --data DATA.yaml (or --resume RUN)")
-        save_dir = increment_path(Path(opts["project"]) / opts["name"], opts["exist_ok"])
-    wdir = save_dir / "weights"
-    last_pt, best_pt = wdir / "last.pt", wdir / "best.pt"
-    if main:
-        wdir.mkdir(parents=True, exist_ok=True)
-    seed_everything(opts["seed"] + 1 + max(info.rank, 0))
-    hyp = ckpt["hyp"] if ckpt else load_hyp(opts["hyp"])
-    epochs, batch, cuda = int(opts["epochs"]), int(opts["batch"]), dev.type == "cuda"
-    use_amp = bool(opts["amp"]) and cuda
-    if batch % info.world_size:
-        raise ObbslimError(f"--batch {batch} must be a multiple of the number of processes {info.world_size}")
 
-    # ---- data: scan once (rank 0 first, so the others read its cache), report bad samples up front
-    data = load_data_yaml(opts["data"])
-    names = list(data["names"])
-    with _rank0_first(info):
-        train_samples, report = load_split(data, "train", verbose=False)
-        val_samples = []
-        if main and data.get("val"):
-            val_samples, val_report = load_split(data, "val", verbose=False)
-    log(report.summary())
-    if val_samples:
-        log(val_report.summary())
-
-    # ---- model: from a spec, or a checkpoint whose stored architecture is kept (pruned stays pruned)
-    if ckpt is not None:
-        net = ckpt_to_model(ckpt, ema=False, source=opts["resume"])
-    elif str(opts["model"]).endswith(".pt"):
-        net = ckpt_to_model(read_checkpoint(opts["model"]), ema=True, source=opts["model"])
-        if net.nc != len(names):
-            raise ObbslimError(f"{opts['model']} predicts {net.nc} classes but the dataset has {len(names)}")
-    else:
-        net = build(opts["model"], len(names), names)
-    net.names = names
-    gs = int(net.stride.max())
-    imgsz = int(math.ceil(opts["imgsz"] / gs) * gs)
-    if imgsz != opts["imgsz"]:
-        log(f"imgsz {opts['imgsz']} is not a multiple of the stride {gs}: using {imgsz}")
-    if ckpt is None and not opts["noautoanchor"]:
-        check_anchors(net, _long_short(train_samples, imgsz), hyp["anchor_t"], imgsz, print_fn=log)
-    net.to(dev)
-    if opts["channels_last"] and cuda:
-        net.to(memory_format=torch.channels_last)
-
-    # ---- optimiser, EMA, loss (nominal batch 64: accumulate, and scale the decay accordingly)
-    if ckpt is None:
-        hyp = resolve_optimizer(hyp, len(train_samples), batch, epochs, len(names))
-    optimizer = build_optimizer(
-        net,
-        hyp["lr0"],
-        hyp["momentum"],
-        scaled_weight_decay(hyp["weight_decay"], batch, hyp.get("nbs", 64)),
-        hyp.get("optimizer", "SGD"),
-    )
-    lf = lr_lambda(epochs, hyp["lrf"], hyp.get("lr_schedule", "cosine"))
-    ema = ModelEMA(net, hyp.get("ema_decay", 0.9999), hyp.get("ema_tau", 2000)) if main else None
-    after_backward = _attach_extra(extra_loss, net, optimizer, hyp, dev, info, after_backward)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start_epoch, best_fitness, best_epoch, elapsed0 = 0, -1.0, -1, 0.0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if isinstance(extra_loss, torch.nn.Module) and ckpt.get("extra_state") is not None:
-            extra_loss.load_state_dict(ckpt["extra_state"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.ema.load_state_dict(ckpt["ema"])
-            ema.updates = int(ckpt.get("ema_updates", 0))
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best_fitness, best_epoch = ckpt["epoch"] + 1, ckpt["best_fitness"], ckpt["best_epoch"]
-        elapsed0 = float(ckpt.get("train_time", 0.0))
-        set_rng_state(ckpt["rng"])
-    criterion = OBBLoss(net, scale_gains(hyp, net.detect.nl, len(names), imgsz))
-    sparsity = None
-    if opts.get("sparsity"):  # network slimming: L1 on the BN scales (stored in train_args: resume keeps it)
-        sparsity, after_backward, on_epoch_end = _with_sparsity(
-            opts, net, epochs, save_dir, main, after_backward, on_epoch_end
-        )
-    if sparsity is not None:
-        sparsity.optimizer = optimizer
-    if opts["sync_bn"] and info.enabled and cuda:
-        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    if info.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if cuda else None)
-
-    rank_batch = batch // info.world_size
-    train_loader = build_dataloader(
-        train_samples,
-        "train",
-        imgsz,
-        rank_batch,
-        augment=True,
-        hyp=hyp,
-        workers=opts["workers"],
-        shuffle=True,
-        seed=opts["seed"],
-        rank=info.rank,
-        world_size=info.world_size,
-        pin_memory=cuda,
-    )
-    train_loader.dataset.mosaic_epochs = epochs - int(hyp.get("close_mosaic", 0))
-    val_loader = None
-    if main and val_samples:
-        val_loader = build_dataloader(
-            val_samples,
-            "val",
-            imgsz,
-            rank_batch * 2,
-            augment=False,
-            hyp=hyp,
-            workers=opts["workers"],
-            seed=opts["seed"],
-        )
-    if main:
-        if ckpt is None:
-            write_yaml(save_dir / "args.yaml", {**opts, "imgsz": imgsz})
-            write_yaml(save_dir / "hyp.yaml", hyp)
-            if not opts["noplots"]:
-                _plot_labels(train_samples, names, save_dir / "labels.png")
-        log(
-            f"training {len(train_samples)} images ({len(val_samples)} val) at {imgsz} px on {dev}"
-            f"{f' x{info.world_size} (DDP)' if info.enabled else ''}, batch {batch}, "
-            f"accumulate {accumulate_steps(batch, hyp.get('nbs', 64))}, AMP {use_amp} -> {save_dir}"
-        )
-
-    nb = len(train_loader)
-    if sparsity is not None:  # prox: the lr summed over every optimizer step of the run
-        steps = math.ceil(nb / accumulate_steps(batch, hyp.get("nbs", 64)))
-        sparsity.lr_sum = steps * sum(lf(e) for e in range(epochs))
-    nw = (
-        max(round(hyp["warmup_epochs"] * nb), hyp.get("warmup_min_iters", 100))
-        if hyp["warmup_epochs"] > 0
-        else 0
-    )
-    csv = ResultsCSV(save_dir / "results.csv") if main else None
-    if csv is not None and ckpt is not None:
-        csv.truncate(start_epoch - 1)
-    elif csv is not None and csv.path.exists():  # a fresh run in a reused dir (--exist-ok)
-        csv.path.unlink()
-        csv = ResultsCSV(csv.path)
-    t0 = time.time()
-    epoch_times: list[float] = []
-    stopped, metrics, bad_steps, epoch = None, {}, 0, start_epoch
-    extra_names: list[str] = []
-
-    def checkpoint(path: Path, epochs_done: int, ep_metrics: dict) -> None:
-        save(
-            de_parallel(net),
-            path,
-            ema=ema.ema,
-            optimizer=optimizer,
-            epoch=epochs_done - 1,
-            hyp=hyp,
-            metrics=ep_metrics,
-            ema_updates=ema.updates,
-            best_fitness=best_fitness,
-            best_epoch=best_epoch,
-            train_args=plain({**opts, "epochs": epochs}),
-            rng=rng_state(),
-            scaler=scaler.state_dict(),
-            train_time=elapsed0 + time.time() - t0,
-            extra_state=_extra_state(extra_loss),
-        )
-
-    while epoch < epochs:
+def fit(state: TrainState, stop: StopRequest) -> dict[str, Any]:
+    """Epochs until the schedule ends, a stop policy fires or a signal arrives; returns the summary."""
+    state.t0 = time.time()
+    stopped = None
+    while state.epoch < state.epochs:
         te = time.time()
-        net.train()
-        if isinstance(extra_loss, torch.nn.Module):
-            extra_loss.train()
-        set_epoch(train_loader, epoch)
-        mloss, seen, n_ok, pending, last_step = None, 0, 0, False, -1
-        if main and opts["verbose"]:
-            print(
-                ("\n" + "%10s" * 8) % ("Epoch", "GPU_mem", "box", "obj", "cls", "theta", "Instances", "Size")
-            )
-        bar = tqdm(
-            _until_stopped(train_loader, stop),
-            total=nb,
-            disable=not (main and opts["verbose"]),
-            file=sys.stdout,
-            bar_format="{l_bar}{bar:10}{r_bar}",
-        )
-        for i, (imgs, targets, *_) in enumerate(bar):
-            ni = i + nb * epoch
-            accumulate = set_lr(optimizer, hyp, lf, epoch, ni, nw, batch)
-            imgs = imgs.to(dev, non_blocking=True).float() / 255
-            if opts["channels_last"] and cuda:
-                imgs = imgs.contiguous(memory_format=torch.channels_last)
-            targets = targets.to(dev)
-            with torch.autocast(dev.type, enabled=use_amp):
-                raw = net(imgs)
-                loss, items = criterion(raw, targets)
-                if extra_loss is not None:
-                    eloss, eitems = extra_loss(raw, imgs, targets)
-                    loss = loss + eloss
-                    extra_names = extra_names or list(eitems)
-                    extra = [torch.as_tensor(eitems[k], device=dev, dtype=torch.float32) for k in extra_names]
-                    items = torch.cat([items.float(), torch.stack(extra).detach()])
-            loss = loss * info.world_size  # DDP averages gradients over ranks
-            bad, halt = ddp.all_reduce_sum(
-                [float(not torch.isfinite(loss)), float(stop.requested)], info, dev
-            )
-            if halt:
-                stopped = "signal"
-                break
-            if bad:  # skip the step: the weights stay as they were
-                bad_steps += 1
-                print(
-                    f"WARNING: non-finite loss at epoch {epoch} batch {i} ({bad_steps} in a row): "
-                    "step skipped",
-                    file=sys.stderr,
-                )
-                if bad_steps >= MAX_BAD_STEPS:
-                    if main:
-                        checkpoint(last_pt, epoch, metrics)
-                    raise ObbslimError(
-                        f"the loss was NaN/inf for {bad_steps} consecutive batches (epoch {epoch}): "
-                        f"training stopped, {last_pt} saved. Try a lower lr0, check the labels, "
-                        "or train without AMP"
-                    )
-                continue
-            bad_steps = 0
-            scaler.scale(loss).backward()
-            pending = True
-            if i - last_step >= accumulate:  # one optimizer step per `accumulate` batches
-                _step(net, optimizer, scaler, ema, hyp, after_backward, epoch + (i + 1) / nb)
-                pending, last_step = False, i
-            seen, n_ok = seen + imgs.shape[0], n_ok + 1
-            mloss = items.float() if mloss is None else mloss + (items.float() - mloss) / n_ok  # running mean
-            if main and opts["verbose"]:
-                mem = f"{torch.cuda.memory_reserved() / 1e9:.3g}G" if cuda else "-"
-                bar.set_description(
-                    ("%10s" * 2 + "%10.4g" * 4 + "%10d" * 2)
-                    % (f"{epoch}/{epochs - 1}", mem, *mloss.tolist()[:4], targets.shape[0], imgs.shape[-1])
-                )
-            if main and epoch == 0 and i < 3 and not opts["noplots"]:
-                from obbslim.data.show import plot_batch
-
-                plot_batch(imgs, targets, names, save_dir / f"train_batch{i}.jpg")
-        bar.close()
-        if stop.requested and not info.enabled:  # also when the signal broke the loader's workers
+        stats = train_one_epoch(state, stop)
+        if stats.halted:  # the epoch in progress does not count
             stopped = "signal"
-        if stopped == "signal":  # the epoch in progress does not count
-            if main:
-                checkpoint(last_pt, epoch, metrics)
-                sig = "SIGINT" if stop.signum == 2 else "SIGTERM" if stop.signum == 15 else "a signal"
-                log(
-                    f"stopped by {sig} during epoch {epoch}: {last_pt} saved, {epoch} epochs complete; "
-                    f"continue with: obbslim train --resume {save_dir}"
-                )
+            _save_on_signal(state, stop)
             break
-        if pending:  # no gradient crosses an epoch boundary (keeps resume exact)
-            _step(net, optimizer, scaler, ema, hyp, after_backward, epoch + 1.0)
-
-        # ---- end of epoch: count images, fit the time limit, validate, log, checkpoint, maybe stop
-        if mloss is None:  # every batch was skipped
-            mloss = torch.zeros(4 + len(extra_names))
-        sums = ddp.all_reduce_sum([seen, n_ok, *(mloss * n_ok).tolist()], info, dev)  # means over all ranks
-        seen_all, mloss = int(sums[0]), torch.tensor(sums[2:]) / max(sums[1], 1)
-        if opts["time_limit"]:  # epochs that still fit (rank 0 decides)
-            per = np.mean(epoch_times) if epoch_times else time.time() - te
-            epochs = epoch + 1 + int(max(opts["time_limit"] * 3600 - (time.time() - t0), 0) // per)
-            epochs = int(ddp.broadcast_value(float(epochs), info, dev))
-            lf = lr_lambda(epochs, hyp["lrf"], hyp.get("lr_schedule", "cosine"))
-            train_loader.dataset.mosaic_epochs = epochs - int(hyp.get("close_mosaic", 0))
-            if sparsity is not None:
-                sparsity.epochs = epochs  # the lambda schedule spans the same estimate as the lr
-        chunk_done = bool(opts["stop_after"]) and epoch + 1 - start_epoch >= opts["stop_after"]
-        final = epoch + 1 >= epochs or chunk_done
-        stop_code = 0.0
-        if main:
-            do_val = val_loader is not None and (
-                final or (not opts["noval"] and (epoch + 1) % max(int(opts["val_every"]), 1) == 0)
-            )
-            metrics = {}
-            if do_val:
-                metrics = validate(
-                    ema.ema,
-                    val_loader,
-                    names,
-                    criterion=criterion,
-                    half=use_amp,
-                    verbose=final and opts["verbose"],
-                    progress=opts["verbose"],
-                )
-                metrics.pop("voc07", None)
-                metrics.pop("voc12", None)  # per-class arrays: not weights_only-loadable in checkpoints
-                if fitness(metrics) >= best_fitness:
-                    best_fitness, best_epoch = fitness(metrics), epoch
-                log(
-                    f"  mAP50 {metrics['mAP50']:.4f} (VOC07) {metrics['mAP50_voc12']:.4f} (VOC12), "
-                    f"mAP50-95 {metrics['mAP50_95']:.4f}, "
-                    f"P {metrics['precision']:.3f} R {metrics['recall']:.3f}"
-                )
-            keys = ["box", "obj", "cls", "theta", *extra_names]
-            row = {"epoch": epoch, **dict(zip(keys, mloss.tolist())), "lr": optimizer.param_groups[1]["lr"]}
-            row.update({k: metrics.get(k, "") for k in METRIC_KEYS})
-            if on_epoch_end is not None:
-                row.update(on_epoch_end(de_parallel(net), epoch))
-            row.update(images=seen_all, time=round(elapsed0 + time.time() - t0, 2))
-            csv.append(row)
-            checkpoint(last_pt, epoch + 1, metrics)
-            if do_val and best_epoch == epoch:
-                checkpoint(best_pt, epoch + 1, metrics)
-            if do_val and epoch - best_epoch >= opts["patience"] and not final:
-                stop_code = 1.0
-                log(f"early stop: no improvement in {opts['patience']} epochs (best epoch {best_epoch})")
-        stop_code = ddp.broadcast_value(stop_code, info, dev)
-        epoch_times.append(time.time() - te)
-        epoch += 1
-        if stop_code or (chunk_done and epoch < epochs):
-            stopped = "patience" if stop_code else "stop_after"
+        stopped = end_epoch(state, stats, te)
+        if stopped:
             break
+    return _summary(state, stopped, stop)
 
-    done = epoch  # epochs complete (an interrupted epoch does not count)
-    result = {
-        "run_dir": str(save_dir),
-        "last": str(last_pt),
-        "best": str(best_pt) if best_epoch >= 0 else None,
-        "best_epoch": best_epoch,
-        "best_fitness": best_fitness,
-        "metrics": metrics,
-        "epochs_done": done,
+
+def train_one_epoch(state: TrainState, stop: StopRequest) -> EpochStats:
+    """One pass over the training data: the LR (and warmup) per batch, a :func:`train_step` per batch,
+    an optimizer step every ``accumulate`` batches and one at the end (no gradient crosses an epoch
+    boundary: that keeps resume exact)."""
+    state.model.train()
+    for module in state.trainable():
+        module.train()
+    set_epoch(state.train_loader, state.epoch)
+    stats, pending, last_step = EpochStats(), False, -1
+    nb = len(state.train_loader)
+    bar = _progress_bar(state, stop)
+    for i, (imgs, targets, *_) in enumerate(bar):
+        ni = i + nb * state.epoch
+        accumulate = set_lr(
+            state.optimizer, state.hyp, state.lf, state.epoch, ni, state.warmup_iters, state.cfg.batch
+        )
+        due = i - last_step >= accumulate
+        items = train_step(state, imgs, targets, i, due, stop)
+        if items is HALT:
+            stats.halted = True
+            break
+        if items is None:  # skipped: non-finite loss
+            continue
+        pending, last_step = (False, i) if due else (True, last_step)
+        stats.add(items, imgs.shape[0])
+        _show_batch(state, bar, stats, imgs, targets, i)
+    bar.close()
+    stats.halted = stats.halted or (stop.requested and not state.info.enabled)  # the signal broke the loader
+    if pending and not stats.halted:
+        optimizer_step(state, state.epoch + 1.0)
+    return stats
+
+
+def train_step(
+    state: TrainState, imgs: torch.Tensor, targets: torch.Tensor, i: int, step: bool, stop: StopRequest
+) -> torch.Tensor | str | None:
+    """Batch ``i``: forward, loss (plus the callbacks' terms), backward, and the optimizer step when
+    ``step``. Returns the loss items; None when a non-finite loss skipped the batch; HALT on a stop."""
+    imgs = imgs.to(state.device, non_blocking=True).float() / 255
+    if state.cfg.channels_last and state.device.type == "cuda":
+        imgs = imgs.contiguous(memory_format=torch.channels_last)
+    targets = targets.to(state.device)
+    with torch.autocast(state.device.type, enabled=state.amp):
+        raw = state.model(imgs)
+        loss, items = state.criterion(raw, targets)
+        loss, items = add_extra_losses(state, raw, imgs, targets, loss, items)
+    loss = loss * state.info.world_size  # DDP averages gradients over ranks
+    flags = [float(not torch.isfinite(loss)), float(stop.requested)]
+    bad, halt = ddp.all_reduce_sum(flags, state.info, state.device)  # every rank decides alike
+    if halt:
+        return HALT
+    if skip_nonfinite(state, bool(bad), i):
+        return None
+    state.scaler.scale(loss).backward()
+    if step:
+        optimizer_step(state, state.epoch + (i + 1) / len(state.train_loader))
+    return items
+
+
+def add_extra_losses(
+    state: TrainState,
+    raw: list,
+    imgs: torch.Tensor,
+    targets: torch.Tensor,
+    loss: torch.Tensor,
+    items: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The callbacks' loss terms added to the loss, their named values appended to the items."""
+    terms: dict[str, Any] = {}
+    for cb in state.callbacks:
+        out = cb.extra_loss(raw, imgs, targets)
+        if out is not None:
+            loss = loss + out[0]
+            terms.update(out[1])
+    if not terms:
+        return loss, items
+    state.extra_names = state.extra_names or list(terms)
+    extra = [torch.as_tensor(terms[k], device=state.device, dtype=torch.float32) for k in state.extra_names]
+    return loss, torch.cat([items.float(), torch.stack(extra).detach()])
+
+
+def optimizer_step(state: TrainState, epoch_frac: float) -> None:
+    """Unscale, the callbacks' ``after_backward``, clip, step, zero the gradients, update the EMA."""
+    state.scaler.unscale_(state.optimizer)
+    _average_trainable_grads(state)
+    for cb in state.callbacks:
+        cb.after_backward(state, epoch_frac)
+    torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm=state.hyp["clip_grad_norm"])
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.ema is not None:
+        state.ema.update(state.model)
+
+
+def end_epoch(state: TrainState, stats: EpochStats, te: float) -> str | None:
+    """After an epoch: the loss means over all ranks, the time limit, validation, results.csv, last.pt
+    and best.pt; then the stop policies. Returns why training stops now (None: it goes on)."""
+    cfg, main = state.cfg, state.info.main
+    if stats.mloss is None:  # every batch was skipped
+        stats.mloss = torch.zeros(len(LOSS_KEYS) + len(state.extra_names))
+    sums = ddp.all_reduce_sum(
+        [stats.seen, stats.steps, *(stats.mloss * stats.steps).tolist()], state.info, state.device
+    )
+    seen, mloss = int(sums[0]), torch.tensor(sums[2:]) / max(sums[1], 1)
+    state.completed = state.epoch + 1
+    if cfg.time_limit:
+        fit_time_limit(state, te)
+    chunk_done = bool(cfg.stop_after) and state.epoch + 1 - state.start_epoch >= cfg.stop_after
+    final = state.epoch + 1 >= state.epochs or chunk_done
+    early = 0.0
+    if main:
+        do_val = state.val_loader is not None and (
+            final or (not cfg.noval and (state.epoch + 1) % max(int(cfg.val_every), 1) == 0)
+        )
+        state.metrics = validate_epoch(state, final) if do_val else {}
+        write_results_row(state, mloss, seen)
+        save_checkpoint(state, state.last_pt)
+        if do_val and state.best_epoch == state.epoch:
+            save_checkpoint(state, state.best_pt)
+        early = float(patience_exhausted(state, do_val, final))
+    early = ddp.broadcast_value(early, state.info, state.device)
+    state.epoch_times.append(time.time() - te)
+    state.epoch += 1
+    return stop_reason(state, bool(early), chunk_done)
+
+
+# ---------------------------------------------------------------------------------------- policies
+
+
+def skip_nonfinite(state: TrainState, bad: bool, i: int) -> bool:
+    """The NaN/inf policy: skip the batch (the weights stay as they were) with a warning; after
+    MAX_BAD_STEPS in a row, save last.pt and stop with a clear error. Returns whether to skip."""
+    if not bad:
+        state.bad_steps = 0
+        return False
+    state.bad_steps += 1
+    where = f"epoch {state.epoch} batch {i} ({state.bad_steps} in a row)"
+    print(f"WARNING: non-finite loss at {where}: step skipped", file=sys.stderr)
+    if state.bad_steps >= MAX_BAD_STEPS:
+        if state.info.main:
+            save_checkpoint(state, state.last_pt)
+        raise ObbslimError(
+            f"the loss was NaN/inf for {state.bad_steps} consecutive batches (epoch {state.epoch}): training "
+            f"stopped, {state.last_pt} saved. Try a lower lr0, check the labels, or train without AMP"
+        )
+    return True
+
+
+def patience_exhausted(state: TrainState, validated: bool, final: bool) -> bool:
+    """Early stop: no better fitness for ``patience`` epochs (decided on rank 0, never on the last epoch)."""
+    if validated and state.epoch - state.best_epoch >= state.cfg.patience and not final:
+        state.log(
+            f"early stop: no improvement in {state.cfg.patience} epochs (best epoch {state.best_epoch})"
+        )
+        return True
+    return False
+
+
+def stop_reason(state: TrainState, early: bool, chunk_done: bool) -> str | None:
+    """'patience', 'stop_after' (this invocation's share of a longer schedule is done) or None."""
+    if early:
+        return "patience"
+    if chunk_done and state.epoch < state.epochs:
+        return "stop_after"
+    return None
+
+
+def fit_time_limit(state: TrainState, te: float) -> None:
+    """Under ``time_limit``: the epochs that still fit (rank 0 decides); the LR schedule follows."""
+    per = np.mean(state.epoch_times) if state.epoch_times else time.time() - te
+    left = max(state.cfg.time_limit * 3600 - (time.time() - state.t0), 0)
+    state.epochs = int(
+        ddp.broadcast_value(float(state.epoch + 1 + int(left // per)), state.info, state.device)
+    )
+    state.lf = lr_lambda(state.epochs, state.hyp["lrf"], state.hyp["lr_schedule"])
+    _close_mosaic(state)
+
+
+# ---------------------------------------------------------------------------------------- epoch end
+
+
+def validate_epoch(state: TrainState, final: bool) -> dict:
+    """OBB metrics of the EMA model on the val split; updates the best epoch."""
+    metrics = validate(
+        state.ema.ema,
+        state.val_loader,
+        state.names,
+        criterion=state.criterion,
+        half=state.amp,
+        verbose=final and state.cfg.verbose,
+        progress=state.cfg.verbose,
+    )
+    metrics.pop("voc07", None)
+    metrics.pop("voc12", None)  # per-class arrays: not weights_only-loadable in checkpoints
+    if fitness(metrics) >= state.best_fitness:
+        state.best_fitness, state.best_epoch = fitness(metrics), state.epoch
+    state.log(
+        f"  mAP50 {metrics['mAP50']:.4f} (VOC07) {metrics['mAP50_voc12']:.4f} (VOC12), "
+        f"mAP50-95 {metrics['mAP50_95']:.4f}, P {metrics['precision']:.3f} R {metrics['recall']:.3f}"
+    )
+    return metrics
+
+
+def write_results_row(state: TrainState, mloss: torch.Tensor, seen: int) -> None:
+    keys = [*LOSS_KEYS, *state.extra_names]
+    row = {
+        "epoch": state.epoch,
+        **dict(zip(keys, mloss.tolist())),
+        "lr": state.optimizer.param_groups[1]["lr"],
+    }
+    row.update({k: state.metrics.get(k, "") for k in METRIC_KEYS})
+    for cb in state.callbacks:
+        row.update(cb.after_epoch(state, state.epoch))
+    row.update(images=seen, time=round(state.train_time(), 2))
+    state.csv.append(row)
+
+
+def save_checkpoint(state: TrainState, path: Path) -> None:
+    """last.pt / best.pt as plain data (``torch.load(weights_only=True)``): model, EMA, optimizer, scaler,
+    RNG, the completed epochs and the best one, the run's options, the callbacks' names and the
+    trainable callback's state."""
+    trainable = state.trainable()
+    extra = {k: v.detach().cpu() for k, v in trainable[0].state_dict().items()} if trainable else None
+    save(
+        de_parallel(state.model),
+        path,
+        ema=state.ema.ema,
+        optimizer=state.optimizer,
+        epoch=state.completed - 1,
+        hyp=state.hyp,
+        metrics=state.metrics,
+        ema_updates=state.ema.updates,
+        best_fitness=state.best_fitness,
+        best_epoch=state.best_epoch,
+        train_args={**state.cfg.to_record(), "epochs": state.epochs},
+        callbacks=[cb.name for cb in state.callbacks if cb.recorded()],
+        rng=rng_state(),
+        scaler=state.scaler.state_dict(),
+        train_time=state.train_time(),
+        extra_state=extra,
+    )
+
+
+def _save_on_signal(state: TrainState, stop: StopRequest) -> None:
+    if not state.info.main:
+        return
+    save_checkpoint(state, state.last_pt)
+    sig = "SIGINT" if stop.signum == 2 else "SIGTERM" if stop.signum == 15 else "a signal"
+    state.log(
+        f"stopped by {sig} during epoch {state.epoch}: {state.last_pt} saved, {state.epoch} epochs complete; "
+        f"continue with: obbslim train --resume {state.save_dir}"
+    )
+
+
+def _summary(state: TrainState, stopped: str | None, stop: StopRequest) -> dict[str, Any]:
+    best = state.best_epoch >= 0
+    if state.info.main:
+        if not state.cfg.noplots:
+            plot_results(state.save_dir / "results.csv")
+        hours = state.train_time() / 3600
+        best_txt = (
+            f"best mAP50 {state.best_fitness:.3f} (epoch {state.best_epoch}) -> {state.best_pt}"
+            if best
+            else (f"no validation, weights -> {state.last_pt}")
+        )
+        state.log(f"{state.epoch - state.start_epoch} epochs completed in {hours:.3f} h. {best_txt}")
+    return {
+        "run_dir": str(state.save_dir),
+        "last": str(state.last_pt),
+        "best": str(state.best_pt) if best else None,
+        "best_epoch": state.best_epoch,
+        "best_fitness": state.best_fitness,
+        "metrics": state.metrics,
+        "epochs_done": state.epoch,  # an interrupted epoch does not count
         "stopped": stopped,
         "signal": stop.signum,
     }
-    if main:
-        if not opts["noplots"]:
-            plot_results(save_dir / "results.csv")
-        hours = (elapsed0 + time.time() - t0) / 3600
-        best_txt = (
-            f"best mAP50 {best_fitness:.3f} (epoch {best_epoch}) -> {best_pt}"
-            if best_epoch >= 0
-            else f"no validation, weights -> {last_pt}"
-        )
-        log(f"{done - start_epoch} epochs completed in {hours:.3f} h. {best_txt}")
-    return result
 
 
-def _step(net, optimizer, scaler, ema, hyp: dict, after_backward, epoch_frac: float) -> None:
-    """Unscale, run the after_backward hook, clip, step, zero the gradients, update the EMA."""
-    scaler.unscale_(optimizer)
-    if after_backward is not None:
-        after_backward(de_parallel(net), epoch_frac)
-    torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm=hyp.get("clip_grad_norm", 10.0))
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    if ema is not None:
-        ema.update(net)
-
-
-def _with_sparsity(opts: dict, net, epochs: int, save_dir: Path, main: bool, after_backward, on_epoch_end):
-    """Chain the sparsity hook and its statistics (gamma_lt_1e-2, lambda, gamma_hist.png) with the caller's
-    hooks. Returns the SparsityTraining (its ``epochs`` follows a time limit) and the two hooks."""
-    from obbslim.prune.sparsity import SparsityTraining
-
-    import os
-
-    sp = SparsityTraining(
-        net,
-        opts["sparsity"],
-        opts.get("sparsity_schedule") or "constant",
-        epochs,
-        bool(opts.get("sparsity_bias")),
-        run_dir=save_dir if main and not opts["noplots"] else None,
-        weighting=opts.get("sparsity_weighting") or "none",
-        mode=os.environ.get("OBBSLIM_SPARSITY_MODE", "subgradient"),
+def _progress_bar(state: TrainState, stop: StopRequest) -> tqdm:
+    show = state.info.main and state.cfg.verbose
+    if show:
+        print(("\n" + "%10s" * 8) % ("Epoch", "GPU_mem", *LOSS_KEYS, "Instances", "Size"))
+    return tqdm(
+        _until_stopped(state.train_loader, stop),
+        total=len(state.train_loader),
+        disable=not show,
+        file=sys.stdout,
+        bar_format="{l_bar}{bar:10}{r_bar}",
     )
 
-    def backward_hook(model, epoch_frac):
-        sp.after_backward(model, epoch_frac)
-        if after_backward is not None:
-            after_backward(model, epoch_frac)
 
-    def epoch_hook(model, epoch):
-        cols = sp.on_epoch_end(model, epoch)
-        return {**cols, **(on_epoch_end(model, epoch) if on_epoch_end is not None else {})}
-
-    return sp, backward_hook, epoch_hook
-
-
-def _attach_extra(extra_loss, net, optimizer, hyp: dict, dev, info: ddp.DistInfo, after_backward):
-    """Set up a trainable extra loss (an nn.Module, e.g. distillation adapters): device, optimizer group,
-    ``bind(model)``; returns the after_backward hook, wrapped to average its gradients over DDP ranks."""
-    if not isinstance(extra_loss, torch.nn.Module):
-        return after_backward
-    extra_loss.to(dev)
-    params = [p for p in extra_loss.parameters() if p.requires_grad]
-    if params:
-        optimizer.add_param_group({"params": params, "weight_decay": 0.0, "initial_lr": hyp["lr0"]})
-    if hasattr(extra_loss, "bind"):
-        extra_loss.bind(de_parallel(net))
-    if not (info.enabled and params):
-        return after_backward
-
-    def synced(model, epoch_frac):  # DDP averages only the model's own gradients
-        grads = [p.grad for p in params if p.grad is not None]
-        if grads:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            torch.distributed.all_reduce(flat)
-            flat /= info.world_size
-            i = 0
-            for g in grads:
-                g.copy_(flat[i : i + g.numel()].view_as(g))
-                i += g.numel()
-        if after_backward is not None:
-            after_backward(model, epoch_frac)
-
-    return synced
+def _show_batch(
+    state: TrainState, bar: tqdm, stats: EpochStats, imgs: torch.Tensor, targets: torch.Tensor, i: int
+) -> None:
+    """The progress bar's losses; the first batches drawn to train_batch*.jpg."""
+    if not state.info.main:
+        return
+    if state.cfg.verbose:
+        mem = f"{torch.cuda.memory_reserved() / 1e9:.3g}G" if state.device.type == "cuda" else "-"
+        bar.set_description(
+            ("%10s" * 2 + "%10.4g" * 4 + "%10d" * 2)
+            % (
+                f"{state.epoch}/{state.epochs - 1}",
+                mem,
+                *stats.mloss.tolist()[:4],
+                targets.shape[0],
+                imgs.shape[-1],
+            )
+        )
+    if state.epoch == 0 and i < 3 and not state.cfg.noplots:
+        plot_batch(imgs, targets, state.names, state.save_dir / f"train_batch{i}.jpg")
 
 
-def _extra_state(extra_loss) -> dict | None:
-    if not isinstance(extra_loss, torch.nn.Module):
-        return None
-    return {k: v.detach().cpu() for k, v in extra_loss.state_dict().items()}
+def _average_trainable_grads(state: TrainState) -> None:
+    """DDP averages only the model's own gradients: the trainable callback's are averaged here."""
+    if not state.info.enabled:
+        return
+    grads = [
+        p.grad for m in state.trainable() for p in m.parameters() if p.requires_grad and p.grad is not None
+    ]
+    if grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= state.info.world_size
+        i = 0
+        for g in grads:
+            g.copy_(flat[i : i + g.numel()].view_as(g))
+            i += g.numel()
 
 
 def _until_stopped(batches, stop: StopRequest):
@@ -589,6 +526,230 @@ def _until_stopped(batches, stop: StopRequest):
                 return
             raise
         yield batch
+
+
+# ---------------------------------------------------------------------------------------- setup
+
+
+def build_state(
+    cfg: TrainConfig, callbacks: list[Callback], info: ddp.DistInfo, dev: torch.device
+) -> TrainState:
+    """Everything before the first batch, in the order exact resume relies on: the options (the stored
+    ones when resuming), seeds, data, model, optimizer, EMA, trainable callback, restored state, loss,
+    the callbacks' ``before_train``, SyncBN/DDP, loaders, the run folder."""
+    log = print if (info.main and cfg.verbose) else (lambda *a, **k: None)
+    cfg, ckpt, save_dir = _resolve_run(cfg, callbacks, log)
+    if info.main:
+        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed + 1 + max(info.rank, 0))
+    hyp = load_hyp(ckpt["hyp"] if ckpt else cfg.hyp)  # an older checkpoint may lack newer keys
+    if cfg.batch % info.world_size:
+        raise ObbslimError(
+            f"--batch {cfg.batch} must be a multiple of the number of processes {info.world_size}"
+        )
+    names, train_samples, val_samples = _scan_data(cfg, info, log)
+    if ckpt is None:  # optimizer auto -> the one that suits the schedule's length (stored in hyp.yaml)
+        hyp = resolve_optimizer(hyp, len(train_samples), cfg.batch, int(cfg.epochs), len(names))
+    net, imgsz = _build_model(cfg, ckpt, names, hyp, train_samples, log)
+    net.to(dev)
+    if cfg.channels_last and dev.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+    wd = scaled_weight_decay(hyp["weight_decay"], cfg.batch, hyp["nbs"])
+    state = TrainState(
+        cfg=cfg,
+        hyp=hyp,
+        model=net,
+        optimizer=build_optimizer(net, hyp["lr0"], hyp["momentum"], wd, hyp["optimizer"]),
+        scaler=torch.amp.GradScaler("cuda", enabled=bool(cfg.amp) and dev.type == "cuda"),
+        ema=ModelEMA(net, hyp["ema_decay"], hyp["ema_tau"]) if info.main else None,
+        callbacks=callbacks,
+        info=info,
+        device=dev,
+        save_dir=save_dir,
+        names=names,
+        imgsz=imgsz,
+        epochs=int(cfg.epochs),
+        log=log,
+        lf=lr_lambda(int(cfg.epochs), hyp["lrf"], hyp["lr_schedule"]),
+    )
+    _attach_trainable(state)
+    if ckpt is not None:
+        _restore(state, ckpt)
+    state.criterion = OBBLoss(net, scale_gains(hyp, net.detect.nl, len(names), imgsz))
+    for cb in callbacks:
+        cb.before_train(state)
+    if cfg.sync_bn and info.enabled and dev.type == "cuda":
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    state.model = net
+    _build_loaders(state, train_samples, val_samples)
+    _open_run_dir(state, fresh=ckpt is None, train_samples=train_samples, n_val=len(val_samples))
+    return state
+
+
+def _resolve_run(
+    cfg: TrainConfig, callbacks: list[Callback], log: Callable
+) -> tuple[TrainConfig, dict | None, Path]:
+    """(options, checkpoint, run dir): a fresh run's, or the stored options of the run being resumed with
+    only its runtime options (device, workers, stop_after, verbose) taken from ``cfg``."""
+    if not cfg.resume:
+        if not cfg.data:
+            raise ObbslimError("a dataset is required: --data DATA.yaml (or --resume RUN)")
+        return cfg, None, increment_path(Path(cfg.project) / cfg.name, cfg.exist_ok)
+    last = find_resume_checkpoint(cfg.resume, cfg.project)
+    ckpt = read_checkpoint(last)
+    if "train_args" not in ckpt:
+        raise ObbslimError(f"{last}: not a training checkpoint (no train_args); use --model to fine-tune")
+    if ckpt["epoch"] + 1 >= ckpt["train_args"]["epochs"]:
+        raise ObbslimError(
+            f"{last}: training already finished ({ckpt['epoch'] + 1} epochs), nothing to resume"
+        )
+    missing = set(ckpt.get("callbacks") or ()) - {cb.name for cb in callbacks}
+    if missing:  # e.g. a distill run resumed by the bare engine would go on without its teacher
+        raise ObbslimError(
+            f"{last}: the run used {', '.join(sorted(missing))}; resume it with the command that started "
+            "it (obbslim train or obbslim distill --resume)"
+        )
+    runtime = {k: getattr(cfg, k) for k in cfg.runtime_names()}
+    stored = type(cfg).from_record(ckpt["train_args"]).replace(**runtime, resume=str(last))
+    log(f"resuming {last.parent.parent} from epoch {ckpt['epoch'] + 1}")
+    return stored, ckpt, last.parent.parent
+
+
+def _scan_data(cfg: TrainConfig, info: ddp.DistInfo, log: Callable) -> tuple[list[str], list, list]:
+    """Class names and the train/val samples; scanned once (rank 0 first, the others read its cache),
+    bad samples reported up front."""
+    data = load_data_yaml(cfg.data)
+    val_samples: list = []
+    with _rank0_first(info):
+        train_samples, report = load_split(data, "train", verbose=False)
+        if info.main and data.get("val"):
+            val_samples, val_report = load_split(data, "val", verbose=False)
+    log(report.summary())
+    if val_samples:
+        log(val_report.summary())
+    return list(data["names"]), train_samples, val_samples
+
+
+def _build_model(
+    cfg: TrainConfig, ckpt: dict | None, names: list[str], hyp: dict, samples: list, log: Callable
+) -> tuple[nn.Module, int]:
+    """From a spec, or a checkpoint whose stored architecture is kept (pruned stays pruned); autoanchor
+    for a fresh run. Returns the model and the image size (a multiple of its stride)."""
+    if ckpt is not None:
+        net = ckpt_to_model(ckpt, ema=False, source=cfg.resume)
+    elif str(cfg.model).endswith(".pt"):
+        net = ckpt_to_model(read_checkpoint(cfg.model), ema=True, source=cfg.model)
+        if net.nc != len(names):
+            raise ObbslimError(f"{cfg.model} predicts {net.nc} classes but the dataset has {len(names)}")
+    else:
+        net = build(cfg.model, len(names), names)
+    net.names = names
+    gs = int(net.stride.max())
+    imgsz = int(math.ceil(cfg.imgsz / gs) * gs)
+    if imgsz != cfg.imgsz:
+        log(f"imgsz {cfg.imgsz} is not a multiple of the stride {gs}: using {imgsz}")
+    if ckpt is None and not cfg.noautoanchor:
+        check_anchors(net, _long_short(samples, imgsz), hyp["anchor_t"], imgsz, print_fn=log)
+    return net, imgsz
+
+
+def _attach_trainable(state: TrainState) -> None:
+    """The trainable callback (an nn.Module): to the device, its parameters in their own optimizer
+    group (no weight decay), before a resumed optimizer state is loaded."""
+    trainable = state.trainable()
+    if len(trainable) > 1:
+        raise ObbslimError("at most one trainable (nn.Module) callback per run")
+    for module in trainable:
+        module.to(state.device)
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            group = {"params": params, "weight_decay": 0.0, "initial_lr": state.hyp["lr0"]}
+            state.optimizer.add_param_group(group)
+
+
+def _restore(state: TrainState, ckpt: dict) -> None:
+    """A resumed run's optimizer, trainable callback, EMA, scaler, epoch, best and RNG state."""
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    for module in state.trainable():
+        if ckpt.get("extra_state") is not None:
+            module.load_state_dict(ckpt["extra_state"])
+    if state.ema is not None and ckpt.get("ema") is not None:
+        state.ema.ema.load_state_dict(ckpt["ema"])
+        state.ema.updates = int(ckpt.get("ema_updates", 0))
+    if ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
+    state.epoch = state.completed = state.start_epoch = ckpt["epoch"] + 1
+    state.best_fitness, state.best_epoch = ckpt["best_fitness"], ckpt["best_epoch"]
+    state.elapsed0 = float(ckpt.get("train_time", 0.0))
+    set_rng_state(ckpt["rng"])
+
+
+def _build_loaders(state: TrainState, train_samples: list, val_samples: list) -> None:
+    cfg, info, cuda = state.cfg, state.info, state.device.type == "cuda"
+    rank_batch = cfg.batch // info.world_size
+    state.train_loader = build_dataloader(
+        train_samples,
+        "train",
+        state.imgsz,
+        rank_batch,
+        augment=True,
+        hyp=state.hyp,
+        workers=cfg.workers,
+        shuffle=True,
+        seed=cfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        pin_memory=cuda,
+    )
+    if info.main and val_samples:
+        state.val_loader = build_dataloader(
+            val_samples,
+            "val",
+            state.imgsz,
+            rank_batch * 2,
+            augment=False,
+            hyp=state.hyp,
+            workers=cfg.workers,
+            seed=cfg.seed,
+        )
+    _close_mosaic(state)
+    nb, hyp = len(state.train_loader), state.hyp
+    state.warmup_iters = (
+        max(round(hyp["warmup_epochs"] * nb), hyp["warmup_min_iters"]) if hyp["warmup_epochs"] > 0 else 0
+    )
+
+
+def _close_mosaic(state: TrainState) -> None:
+    """The last ``close_mosaic`` epochs of the schedule see whole images (no mosaic), as at test time."""
+    state.train_loader.dataset.mosaic_epochs = state.epochs - int(state.hyp["close_mosaic"])
+
+
+def _open_run_dir(state: TrainState, fresh: bool, train_samples: list, n_val: int) -> None:
+    """args.yaml, hyp.yaml and labels.png of a fresh run, results.csv, and the line saying what trains."""
+    if not state.info.main:
+        return
+    cfg, save_dir = state.cfg, state.save_dir
+    if fresh:
+        write_yaml(save_dir / "args.yaml", {**cfg.to_record(), "imgsz": state.imgsz})
+        write_yaml(save_dir / "hyp.yaml", state.hyp)
+        if not cfg.noplots:
+            _plot_labels(train_samples, state.names, save_dir / "labels.png")
+    state.csv = ResultsCSV(save_dir / "results.csv")
+    if not fresh:
+        state.csv.truncate(state.start_epoch - 1)
+    elif state.csv.path.exists():  # a fresh run in a reused dir (--exist-ok)
+        state.csv.path.unlink()
+        state.csv = ResultsCSV(state.csv.path)
+    ddp_txt = f" x{state.info.world_size} (DDP)" if state.info.enabled else ""
+    state.log(
+        f"training {len(train_samples)} images ({n_val} val) at {state.imgsz} px on {state.device}{ddp_txt}, "
+        f"batch {cfg.batch}, accumulate {accumulate_steps(cfg.batch, state.hyp['nbs'])}, AMP {state.amp} "
+        f"-> {save_dir}"
+    )
 
 
 class _rank0_first:
@@ -608,8 +769,6 @@ class _rank0_first:
 
 def _long_short(samples: list, imgsz: int) -> np.ndarray:
     """(long, short) sides in pixels at the training size, for autoanchor."""
-    from obbslim.ops import poly2rbox
-
     polys = [np.asarray(s.polys, np.float32).reshape(-1, 8) for s in samples]
     scale = [np.full(len(p), imgsz / max(s.shape[:2]), np.float32) for p, s in zip(polys, samples)]
     if not polys or not sum(len(p) for p in polys):
@@ -619,9 +778,6 @@ def _long_short(samples: list, imgsz: int) -> np.ndarray:
 
 
 def _plot_labels(samples: list, names: list[str], path: Path) -> None:
-    from obbslim.data.show import plot_labels
-    from obbslim.ops import poly2rbox
-
     polys = np.concatenate(
         [np.asarray(s.polys, np.float32).reshape(-1, 8) for s in samples] or [np.zeros((0, 8))]
     )

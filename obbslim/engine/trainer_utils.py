@@ -15,17 +15,6 @@ import torch
 from obbslim.errors import ObbslimError
 
 
-def load_hyp(hyp: str | Path | dict | None = None) -> dict:
-    """The packaged hyp.default.yaml with the user's YAML (path) or dict over it."""
-    from obbslim.data.augment import load_hyp as _load
-
-    if isinstance(hyp, (str, Path)):
-        if not Path(hyp).is_file():
-            raise ObbslimError(f"hyperparameter file not found: {hyp}")
-        return _load(hyp)
-    return _load(overrides=hyp)
-
-
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed python, numpy and torch; deterministic cuDNN/algorithms for reproducible runs."""
     random.seed(seed)

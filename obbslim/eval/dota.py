@@ -23,20 +23,17 @@ one exact polygon IoU call; matching at any number of thresholds is then pure nu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from obbslim.data.classes import class_key
 from obbslim.data.labeltxt import read_labeltxt, read_task1
 from obbslim.errors import InputError
+from obbslim.ops import poly_area, poly_iou
 
 METRICS = ("voc07", "voc12")
 _PAIR_CHUNK = 1 << 20  # candidate pairs handled per IoU call (bounds memory)
-
-
-def class_key(name: str) -> str:
-    """DOTA spells class names with hyphens; a space means the same ("small vehicle")."""
-    return name.strip().replace(" ", "-")
 
 
 def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool = False) -> float:
@@ -62,15 +59,8 @@ def _hbb(polys: np.ndarray) -> np.ndarray:
     return np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1)
 
 
-def _area(polys: np.ndarray) -> np.ndarray:
-    x, y = polys[:, 0::2], polys[:, 1::2]
-    return 0.5 * np.abs((x * np.roll(y, -1, 1) - y * np.roll(x, -1, 1)).sum(1))
-
-
 def _aligned_poly_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of a[k] with b[k] for every k (float64 [K])."""
-    from obbslim.ops import poly_iou
-
     if len(a) == 0:
         return np.zeros(0, np.float64)
     return np.asarray(poly_iou(a, b, aligned=True), dtype=np.float64).reshape(-1)
@@ -100,7 +90,7 @@ def best_candidates(
     count = np.searchsorted(skey, det_key, "right") - start
     count[det_key < 0] = 0
     dbox, gbox = _hbb(det_polys), _hbb(gt_polys)
-    darea, garea = _area(det_polys), _area(gt_polys)
+    darea, garea = poly_area(det_polys), poly_area(gt_polys)
     ends = np.cumsum(count)
     lo = 0
     while lo < nd:  # chunks of detections, each with about _PAIR_CHUNK candidate pairs
@@ -172,20 +162,8 @@ def evaluate_polys(
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     thrs, single = _as_thresholds(iou_thr)
     nc = len(names)
-    gt_polys = np.asarray(gt_polys, np.float64).reshape(-1, 8)
-    gt_cls = np.asarray(gt_cls, np.int64).reshape(-1)
-    gt_img = np.asarray(gt_img, np.int64).reshape(-1)
-    diff = (
-        np.zeros(len(gt_polys), bool) if gt_difficult is None else np.asarray(gt_difficult).reshape(-1) != 0
-    )
-    det_polys = np.asarray(det_polys, np.float64).reshape(-1, 8)
-    det_scores = np.asarray(det_scores, np.float64).reshape(-1)
-    det_cls = np.asarray(det_cls, np.int64).reshape(-1)
-    det_img = np.asarray(det_img, np.int64).reshape(-1)
-    if not (len(gt_polys) == len(gt_cls) == len(gt_img) == len(diff)):
-        raise ValueError("gt_polys, gt_cls, gt_img and gt_difficult must have the same length")
-    if not (len(det_polys) == len(det_scores) == len(det_cls) == len(det_img)):
-        raise ValueError("det_polys, det_scores, det_cls and det_img must have the same length")
+    gt_polys, gt_cls, gt_img, diff = _gt_arrays(gt_polys, gt_cls, gt_img, gt_difficult)
+    det_polys, det_scores, det_cls, det_img = _det_arrays(det_polys, det_scores, det_cls, det_img)
 
     gt_ok = (gt_cls >= 0) & (gt_cls < nc)
     gt_key = np.where(gt_ok, gt_img * nc + gt_cls, -1)
@@ -219,14 +197,7 @@ def evaluate_polys(
         }
         for c, name in enumerate(names):
             d = ranked[c]
-            hit = ovmax[d] > t
-            skip = (det_key[d] < 0) | (hit & cand_diff[d])  # neither TP nor FP
-            tp = np.zeros(len(d))
-            pos = np.flatnonzero(hit & ~cand_diff[d])
-            _, first = np.unique(jmax[d][pos], return_index=True)  # first (highest-ranked) claim wins
-            tp[pos[first]] = 1.0
-            fp = (~skip & (tp == 0)).astype(np.float64)
-            fp, tp = np.cumsum(fp), np.cumsum(tp)
+            tp, fp = _match(ovmax[d] > t, det_key[d] < 0, cand_diff[d], jmax[d])
             n = int(npos[c])
             rec = tp / float(n) if n else np.zeros(len(d))
             prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
@@ -241,6 +212,37 @@ def evaluate_polys(
         res["mAP"] = float(sum(aps) / len(aps)) if aps else 0.0
         results.append(res)
     return results[0] if single else results
+
+
+def _gt_arrays(polys: Any, cls: Any, img: Any, difficult: Any) -> tuple[np.ndarray, ...]:
+    polys = np.asarray(polys, np.float64).reshape(-1, 8)
+    cls, img = np.asarray(cls, np.int64).reshape(-1), np.asarray(img, np.int64).reshape(-1)
+    diff = np.zeros(len(polys), bool) if difficult is None else np.asarray(difficult).reshape(-1) != 0
+    if not (len(polys) == len(cls) == len(img) == len(diff)):
+        raise ValueError("gt_polys, gt_cls, gt_img and gt_difficult must have the same length")
+    return polys, cls, img, diff
+
+
+def _det_arrays(polys: Any, scores: Any, cls: Any, img: Any) -> tuple[np.ndarray, ...]:
+    polys, scores = np.asarray(polys, np.float64).reshape(-1, 8), np.asarray(scores, np.float64).reshape(-1)
+    cls, img = np.asarray(cls, np.int64).reshape(-1), np.asarray(img, np.int64).reshape(-1)
+    if not (len(polys) == len(scores) == len(cls) == len(img)):
+        raise ValueError("det_polys, det_scores, det_cls and det_img must have the same length")
+    return polys, scores, cls, img
+
+
+def _match(
+    hit: np.ndarray, outside: np.ndarray, difficult: np.ndarray, gt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative TP and FP of ranked detections: a hit on a difficult object or a detection outside the
+    evaluated images is neither; each ground truth is claimed once, by its highest-ranked hit."""
+    skip = outside | (hit & difficult)
+    tp = np.zeros(len(hit))
+    pos = np.flatnonzero(hit & ~difficult)
+    _, first = np.unique(gt[pos], return_index=True)  # first (highest-ranked) claim wins
+    tp[pos[first]] = 1.0
+    fp = (~skip & (tp == 0)).astype(np.float64)
+    return np.cumsum(tp), np.cumsum(fp)
 
 
 def evaluate_images(

@@ -24,6 +24,7 @@ def plot_pr_curves(
 ) -> Path:
     """Write the PR curves of ``result`` (an ``evaluate_polys``/``evaluate_dota`` dict at one IoU) to
     ``path``; legend entries carry each class's AP and the mean AP. Returns the path."""
+    # matplotlib takes about 0.5 s to import: only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from obbslim.eval.dota import evaluate_dota
+from obbslim.options import EvaluateConfig
 from obbslim.utils.io import atomic_write_text
 
 
@@ -39,13 +41,11 @@ def evaluate_report(
     ann_dir: str | Path,
     imageset: str | Path | None = None,
     classes: Iterable[str] | None = None,
-    metric: str = "voc07",
-    iou_thr: float = 0.5,
+    metric: str = EvaluateConfig.metric,
+    iou_thr: float = EvaluateConfig.iou,
     json_path: str | Path | None = None,
 ) -> str:
     """Run ``evaluate_dota``, write the JSON summary if asked, and return the table text."""
-    from obbslim.eval.dota import evaluate_dota
-
     result = evaluate_dota(det_dir, ann_dir, imageset, classes, metric, iou_thr)
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(result_json(result), indent=2) + "\n")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from obbslim.model.registry import register, require
 from obbslim.ops.csl import csl_bin_angle
 
 NBINS = 180
@@ -21,6 +22,7 @@ def _tracing(ref: torch.Tensor) -> bool:
     return any(bool(getattr(compiler, f, lambda: False)()) for f in ("is_compiling", "is_exporting"))
 
 
+@register
 class Detect(nn.Module):
     """One 1x1 conv per level with na * (5 + nc + nbins) outputs.
 
@@ -35,7 +37,8 @@ class Detect(nn.Module):
       - `decoded[..., 5]`: objectness probability (sigmoid);
       - `decoded[..., 6:6 + nc]`: class probabilities (sigmoid);
       - `decoded[..., 6 + nc:]`: the nbins theta probabilities (sigmoid).
-    The decode is plain tensor ops (no Python on values) so it exports to ONNX.
+    The decode is plain tensor ops (no Python on values) so it exports to ONNX: the ONNX export runs
+    this same `decode`, without the theta probabilities.
     """
 
     def __init__(
@@ -76,12 +79,42 @@ class Detect(nn.Module):
             if self.nbins:
                 b[:, 5 + self.nc :] += math.log(1 / self.nbins)
 
-    def forward(self, xs: list[torch.Tensor]):
+    # ---- the record protocol (obbslim.model.registry)
+    @staticmethod
+    def spec_record(f: Any, n: int, args: list, in_w: list[int], gw: float) -> dict:
+        return {"type": "Detect", "from": list(f if isinstance(f, list) else [f]), "ch": in_w}
+
+    @staticmethod
+    def out_width(rec: dict, in_w: list[int]) -> int:
+        return 0
+
+    @staticmethod
+    def stride_factor(rec: dict) -> float:
+        return 1.0
+
+    @classmethod
+    def from_record(cls, r: dict, in_w: list[int], arch: dict) -> Detect:
+        require(list(r["ch"]) == in_w, f"Detect ch={r['ch']} but its inputs have {in_w} channels")
+        return cls(arch["nc"], arch["anchors"], r["ch"], arch["strides"], arch.get("nbins", NBINS))
+
+    def to_record(self) -> dict:
+        return {"ch": [int(c.weight.shape[1]) for c in self.m]}
+
+    def summary(self) -> str:
+        return f"{[int(c.weight.shape[1]) for c in self.m]} -> {self.na}x(5+{self.nc}+{self.nbins})"
+
+    # ---- forward
+    def raw(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The level logits [B, na, H, W, no] whatever the mode."""
         raw = []
         for i in range(self.nl):
             x = self.m[i](xs[i])
             bs, _, ny, nx = x.shape
             raw.append(x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous())
+        return raw
+
+    def forward(self, xs: list[torch.Tensor]):
+        raw = self.raw(xs)
         if self.training:
             return raw
         return self.decode(raw), raw
@@ -101,10 +134,13 @@ class Detect(nn.Module):
                 self._grids[key] = g
         return g
 
-    def decode(self, raw: list[torch.Tensor]) -> torch.Tensor:
-        """Raw level tensors [B, na, H, W, no] -> [B, N, 6 + nc + nbins] (layout in the class doc)."""
+    def decode(self, raw: list[torch.Tensor], theta_probs: bool = True) -> torch.Tensor:
+        """Raw level tensors [B, na, H, W, no] -> [B, N, 6 + nc + nbins] (layout in the class doc);
+        without ``theta_probs`` [B, N, 6 + nc] (the ONNX export's output: the sigmoid of the 180 bins
+        would cost more than the rest of the decode, for columns only ``theta_refine`` reads)."""
         out = []
         nc = self.nc
+        width = 6 + nc + (self.nbins if theta_probs else 0)
         for i, p in enumerate(raw):
             bs, na, ny, nx, _ = p.shape
             grid = self._grid(nx, ny, p)
@@ -116,8 +152,8 @@ class Detect(nn.Module):
             else:  # an angle-free head (nbins=0, a plain YOLOv5 head): theta 0
                 theta = torch.zeros_like(p[..., :1])
             obj, cls = p[..., 4:5].sigmoid(), p[..., 5 : 5 + nc].sigmoid()
-            y = torch.cat((xy, wh, theta, obj, cls, th_logits.sigmoid()), -1)
-            out.append(y.view(bs, -1, 6 + nc + self.nbins))
+            parts = [xy, wh, theta, obj, cls] + ([th_logits.sigmoid()] if theta_probs else [])
+            out.append(torch.cat(parts, -1).view(bs, -1, width))
         return torch.cat(out, 1)
 
     def _apply(self, fn, *args, **kwargs):

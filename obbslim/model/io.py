@@ -11,6 +11,7 @@ from torch import nn
 
 from obbslim.errors import ObbslimError
 from obbslim.model.yolo import OBBModel, load_spec, spec_to_arch
+from obbslim.utils.io import atomic_torch_save
 
 CKPT_VERSION = 1
 _KEYS = ("arch", "model", "ema", "names", "hyp", "epoch", "optimizer", "metrics", "version")
@@ -50,8 +51,6 @@ def save(
     `ema` is the EMA model (or its state dict), `optimizer` an optimizer or its state dict; any extra
     keyword lands as a top-level key. Values must be weights_only-loadable (tensors, plain containers).
     """
-    from obbslim.utils.io import atomic_torch_save
-
     model = getattr(model, "module", model)  # DDP / DataParallel
     if not isinstance(model, OBBModel):
         raise ObbslimError(f"save: expected an OBBModel, got {type(model).__name__}")

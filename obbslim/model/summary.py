@@ -6,14 +6,13 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     """FLOPs of one forward with torch.utils.flop_counter, which counts 2 per multiply-add for conv
     and matmul (so the result is 2 x MACs, as YOLOv5's thop figure). BN/activations/pools are not
     counted (thop adds a little for BN, hence ~0.5 % lower figures than YOLOv5 prints)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     was_training = model.training
     model.eval()  # BN in train mode fails on 1x1 maps with batch 1
     try:
@@ -22,25 +21,6 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     finally:
         model.train(was_training)
     return int(fc.get_total_flops())
-
-
-def _widths(m: nn.Module) -> str:
-    t = getattr(m, "type", type(m).__name__)
-    if t == "Conv":
-        w = m.conv.weight
-        return f"{w.shape[1]}->{w.shape[0]} k{w.shape[2]} s{m.conv.stride[0]}"
-    if t == "C3":
-        inner = ",".join(f"{b.cv1.conv.weight.shape[0]}/{b.cv2.conv.weight.shape[0]}" for b in m.m)
-        c1, a, b = m.cv1.conv.weight.shape[1], m.cv1.conv.weight.shape[0], m.cv2.conv.weight.shape[0]
-        tail = "" if m.shortcut else " no-shortcut"
-        return f"{c1}->{a}|{b}->{m.cv3.conv.weight.shape[0]} m=[{inner}]{tail}"
-    if t == "SPPF":
-        return f"{m.cv1.conv.weight.shape[1]}->{m.cv1.conv.weight.shape[0]}->{m.cv2.conv.weight.shape[0]}"
-    if t == "Detect":
-        return f"{[int(c.weight.shape[1]) for c in m.m]} -> {m.na}x(5+{m.nc}+{m.nbins})"
-    if t == "Upsample":
-        return f"x{m.scale_factor:g} {m.mode}"
-    return ""
 
 
 def layer_table(model: nn.Module) -> list[dict]:
@@ -54,7 +34,7 @@ def layer_table(model: nn.Module) -> list[dict]:
             "n": len(m.m) if t == "C3" else 1,
             "params": sum(p.numel() for p in m.parameters()),
             "module": t,
-            "widths": _widths(m),
+            "widths": m.summary(),
         })  # fmt: skip
     return rows
 

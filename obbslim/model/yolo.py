@@ -22,22 +22,20 @@ Record layout::
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+import yaml
 from torch import nn
 
 from obbslim.errors import ObbslimError
-from obbslim.model.common import C3, SPPF, Concat, Conv, autopad
+from obbslim.model.common import Conv
 from obbslim.model.head import NBINS, Detect
+from obbslim.model.registry import RecordError, block, require
+from obbslim.model.summary import model_info
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
-
-
-def make_divisible(x: float, divisor: int = 8) -> int:
-    return int(math.ceil(x / divisor) * divisor)
 
 
 def available_specs() -> list[str]:
@@ -46,8 +44,6 @@ def available_specs() -> list[str]:
 
 def load_spec(spec_or_name: str | Path | dict) -> dict:
     """A spec dict from a dict, a shipped name ('yolov5s-obb' or 'yolov5s-obb.yaml') or a YAML path."""
-    import yaml
-
     if isinstance(spec_or_name, dict):
         spec = copy.deepcopy(spec_or_name)
         spec.setdefault("name", "custom")
@@ -92,48 +88,20 @@ def spec_to_arch(spec: dict, nc: int | None = None) -> dict:
     layers: list[dict] = []
     det_strides: list[float] = []
     for i, (f, n, mod, args) in enumerate(list(spec["backbone"]) + list(spec["head"])):
-        mod = str(mod).replace("nn.", "")
+        try:
+            cls = block(mod)
+        except RecordError:
+            raise ObbslimError(f"model spec layer {i}: unsupported module {mod!r}") from None
         n = max(round(n * gd), 1) if n > 1 else n
         srcs = f if isinstance(f, list) else [f]
         in_w = [ch_in if (j == -1 and i == 0) else widths[j] for j in srcs]
         in_s = [1.0 if (j == -1 and i == 0) else strides[j] for j in srcs]
-        c1, s_in = in_w[0], in_s[0]
-        if mod == "Conv":
-            c2 = make_divisible(args[0] * gw)
-            k = int(args[1]) if len(args) > 1 else 1
-            s = int(args[2]) if len(args) > 2 else 1
-            p = autopad(k, args[3] if len(args) > 3 else None)
-            rec = {"type": "Conv", "from": f, "c1": c1, "c2": c2, "k": k, "s": s, "p": p}
-            out_w, out_s = c2, s_in * s
-        elif mod == "C3":
-            c2 = make_divisible(args[0] * gw)
-            shortcut = bool(args[1]) if len(args) > 1 else True
-            c_ = int(c2 * 0.5)
-            rec = {"type": "C3", "from": f, "c1": c1, "cv1": c_, "cv2": c_, "cv3": c2,
-                   "m": [[c_, c_] for _ in range(n)], "shortcut": shortcut}  # fmt: skip
-            out_w, out_s = c2, s_in
-        elif mod == "SPPF":
-            c2 = make_divisible(args[0] * gw)
-            k = int(args[1]) if len(args) > 1 else 5
-            rec = {"type": "SPPF", "from": f, "c1": c1, "cv1": c1 // 2, "cv2": c2, "k": k}
-            out_w, out_s = c2, s_in
-        elif mod == "Upsample":
-            scale = args[1] if len(args) > 1 else 2
-            mode = args[2] if len(args) > 2 else "nearest"
-            rec = {"type": "Upsample", "from": f, "scale": int(scale), "mode": str(mode)}
-            out_w, out_s = c1, s_in / scale
-        elif mod == "Concat":
-            rec = {"type": "Concat", "from": list(srcs), "dim": int(args[0]) if args else 1}
-            out_w, out_s = sum(in_w), s_in
-        elif mod == "Detect":
-            rec = {"type": "Detect", "from": list(srcs), "ch": in_w}
-            out_w, out_s = 0, s_in
-            det_strides = in_s
-        else:
-            raise ObbslimError(f"model spec layer {i}: unsupported module {mod!r}")
+        rec = cls.spec_record(f, n, list(args), in_w, gw)
         layers.append(rec)
-        widths.append(out_w)
-        strides.append(out_s)
+        widths.append(cls.out_width(rec, in_w))
+        strides.append(in_s[0] * cls.stride_factor(rec))
+        if rec["type"] == "Detect":
+            det_strides = in_s
     if not layers or layers[-1]["type"] != "Detect":
         raise ObbslimError("model spec: the last layer must be Detect")
     anchors = _anchor_levels(spec["anchors"])
@@ -148,11 +116,6 @@ def spec_to_arch(spec: dict, nc: int | None = None) -> dict:
     }
 
 
-def _check(cond: bool, i: int, msg: str) -> None:
-    if not cond:
-        raise ObbslimError(f"architecture record, layer {i}: {msg}")
-
-
 class OBBModel(nn.Module):
     """Oriented YOLOv5: `self.model` is the layer list (YOLOv5 routing by each layer's `f`)."""
 
@@ -161,44 +124,19 @@ class OBBModel(nn.Module):
         layers, widths = [], []
         recs = arch["layers"]
         for i, r in enumerate(recs):
-            t, f = r.get("type"), r.get("from", -1)
-            srcs = f if isinstance(f, list) else [f]
-            in_w = []
-            for j in srcs:
-                _check(isinstance(j, int) and -i <= j < i or (i == 0 and j == -1), i, f"bad 'from' {f!r}")
-                in_w.append(int(arch.get("ch", 3)) if (i == 0 and j == -1) else widths[j])
-            if t in ("Conv", "C3", "SPPF"):
-                _check(r["c1"] == in_w[0], i, f"{t} c1={r['c1']} but its input has {in_w[0]} channels")
-            if t == "Conv":
-                m: nn.Module = Conv(r["c1"], r["c2"], r["k"], r["s"], r["p"])
-                out = r["c2"]
-            elif t == "C3":
-                if r["shortcut"]:
-                    c = r["cv1"]
-                    for _hidden, o in r["m"]:
-                        _check(o == c, i, f"C3 with shortcut needs each bottleneck out == in, got {o} != {c}")
-                m = C3(r["c1"], r["cv1"], r["cv2"], r["cv3"], r["m"], r["shortcut"])
-                out = r["cv3"]
-            elif t == "SPPF":
-                m = SPPF(r["c1"], r["cv1"], r["cv2"], r.get("k", 5))
-                out = r["cv2"]
-            elif t == "Upsample":
-                m = nn.Upsample(scale_factor=r.get("scale", 2), mode=r.get("mode", "nearest"))
-                out = in_w[0]
-            elif t == "Concat":
-                m = Concat(r.get("dim", 1))
-                out = sum(in_w)
-            elif t == "Detect":
-                _check(i == len(recs) - 1, i, "Detect must be the last layer")
-                _check(list(r["ch"]) == in_w, i, f"Detect ch={r['ch']} but its inputs have {in_w} channels")
-                m = Detect(arch["nc"], arch["anchors"], r["ch"], arch["strides"], arch.get("nbins", NBINS))
-                out = 0
-            else:
-                raise ObbslimError(f"architecture record, layer {i}: unknown type {t!r}")
-            m.i, m.f, m.type = i, f, t
+            f = r.get("from", -1)
+            try:
+                in_w = _input_widths(f, i, widths, int(arch.get("ch", 3)))
+                cls = block(r.get("type"))
+                require(cls is not Detect or i == len(recs) - 1, "Detect must be the last layer")
+                m = cls.from_record(r, in_w, arch)
+            except RecordError as e:
+                raise ObbslimError(f"architecture record, layer {i}: {e}") from None
+            m.i, m.f, m.type = i, f, r["type"]
             layers.append(m)
-            widths.append(out)
-        _check(bool(layers) and isinstance(layers[-1], Detect), len(recs) - 1, "the last layer is not Detect")
+            widths.append(cls.out_width(r, in_w))
+        if not (layers and isinstance(layers[-1], Detect)):
+            raise ObbslimError(f"architecture record, layer {len(recs) - 1}: the last layer is not Detect")
         self.model = nn.Sequential(*layers)
         keep = set()  # outputs that a later layer reads by index
         for i, m in enumerate(layers):
@@ -228,40 +166,28 @@ class OBBModel(nn.Module):
     def nc(self) -> int:
         return self.detect.nc
 
-    def forward(self, x: torch.Tensor):
+    def _route(self, x: torch.Tensor, head: Callable[[nn.Module, Any], Any]) -> Any:
         y: list[Any] = []
         for m in self.model:
             if m.f != -1:
                 x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
-            x = m(x)
+            x = head(m, x) if m is self.model[-1] else m(x)
             y.append(x if m.i in self.save else None)
         return x
+
+    def forward(self, x: torch.Tensor):
+        return self._route(x, lambda det, xs: det(xs))
+
+    def forward_raw(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The head's raw level logits in any mode (the ONNX export decodes them itself)."""
+        return self._route(x, lambda det, xs: det.raw(xs))
 
     def get_arch(self) -> dict:
         """The record re-derived from the current module shapes (right after in-place pruning too)."""
         det = self.detect
         layers = []
         for m in self.model:
-            t, f = m.type, (list(m.f) if isinstance(m.f, list) else m.f)
-            if t == "Conv":
-                w = m.conv.weight
-                rec = {"type": t, "from": f, "c1": w.shape[1], "c2": w.shape[0], "k": w.shape[2],
-                       "s": m.conv.stride[0], "p": m.conv.padding[0]}  # fmt: skip
-            elif t == "C3":
-                rec = {"type": t, "from": f, "c1": _cin(m.cv1), "cv1": _cout(m.cv1), "cv2": _cout(m.cv2),
-                       "cv3": _cout(m.cv3), "m": [[_cout(b.cv1), _cout(b.cv2)] for b in m.m],
-                       "shortcut": bool(m.shortcut)}  # fmt: skip
-            elif t == "SPPF":
-                k = m.m.kernel_size
-                rec = {"type": t, "from": f, "c1": _cin(m.cv1), "cv1": _cout(m.cv1), "cv2": _cout(m.cv2),
-                       "k": int(k if isinstance(k, int) else k[0])}  # fmt: skip
-            elif t == "Upsample":
-                s = float(m.scale_factor)
-                rec = {"type": t, "from": f, "scale": int(s) if s.is_integer() else s, "mode": m.mode}
-            elif t == "Concat":
-                rec = {"type": t, "from": f, "dim": int(m.d)}
-            else:  # Detect
-                rec = {"type": t, "from": f, "ch": [int(c.weight.shape[1]) for c in m.m]}
+            rec = {"type": m.type, "from": list(m.f) if isinstance(m.f, list) else m.f, **m.to_record()}
             layers.append({k: (int(v) if isinstance(v, int) else v) for k, v in rec.items()})
         strides = [int(s) if float(s).is_integer() else float(s) for s in det.stride.tolist()]
         return {
@@ -290,14 +216,14 @@ class OBBModel(nn.Module):
         return self
 
     def info(self, imgsz: int = 640, verbose: bool = False) -> dict:
-        from obbslim.model.summary import model_info
-
         return model_info(self, imgsz=imgsz, verbose=verbose)
 
 
-def _cin(c: Conv) -> int:
-    return int(c.conv.weight.shape[1])
 
-
-def _cout(c: Conv) -> int:
-    return int(c.conv.weight.shape[0])
+def _input_widths(f: Any, i: int, widths: list[int], ch: int) -> list[int]:
+    srcs = f if isinstance(f, list) else [f]
+    out = []
+    for j in srcs:
+        require(isinstance(j, int) and -i <= j < i or (i == 0 and j == -1), f"bad 'from' {f!r}")
+        out.append(ch if (i == 0 and j == -1) else widths[j])
+    return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from obbslim.ops.boxes import norm_rbox, poly2rbox, rbox2poly
 from obbslim.ops.csl import csl_bin, csl_bin_angle, csl_decode, csl_encode, csl_refine
+from obbslim.ops.geometry import poly_area, quad_area
 from obbslim.ops.iou import poly_iou, rbox_iou
 from obbslim.ops.nms import batched_nms_rotated, nms_rotated
 
@@ -23,4 +24,6 @@ __all__ = [
     "csl_refine",
     "csl_bin",
     "csl_bin_angle",
+    "poly_area",
+    "quad_area",
 ]

@@ -9,6 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from obbslim.data.synth import make_synthetic
+from obbslim.options import DemoConfig
+from obbslim.pipeline.compress import compress, set_threads
+
 # Measured on 2 CPU cores: see the README ("obbslim demo") for the stage times.
 DEMO_DATA = dict(n_images=100, size=256, seed=0, val_frac=0.2)
 DEMO_HYP = {
@@ -33,36 +37,23 @@ DEMO = dict(
 )
 
 
-def demo(
-    out: str | Path = "runs/demo",
-    device: str = "cpu",
-    threads: int | None = None,
-    verbose: bool = True,
-    **overrides: Any,
-) -> dict[str, Any]:
+def demo(*args: Any, **options: Any) -> dict[str, Any]:
     """Synthetic data in ``out/synth`` (reused if present) and ``compress`` into ``out`` (resumable: a rerun
-    skips the complete stages). ``threads``: torch threads (default: the CPU count). ``overrides``
-    replace the demo's compress settings (e.g. epochs_base=1). Returns compress()'s result."""
-    from obbslim.data.synth import make_synthetic
-    from obbslim.pipeline.compress import compress, set_threads
-
-    out = Path(out)
-    n = set_threads(threads)
+    skips the complete stages). The options are :class:`~obbslim.options.DemoConfig`'s (``out``,
+    ``device``, ``threads``: torch threads, default the CPU count; ``verbose``); any other keyword
+    replaces one of the demo's compress settings (e.g. ``epochs_base=1``). Returns compress()'s result."""
+    own = {k: v for k, v in options.items() if k in DemoConfig.field_names()}
+    overrides = {k: v for k, v in options.items() if k not in own}
+    cfg = DemoConfig.of(*args, **own)
+    out = Path(cfg.out)
+    n = set_threads(cfg.threads)
     data = out / "synth" / "data.yaml"
     if not data.is_file():
         make_synthetic(out / "synth", **DEMO_DATA)
-    elif verbose:
+    elif cfg.verbose:
         print(f"demo: reusing the synthetic dataset {data}")
     opts = {**DEMO, "hyp": dict(DEMO_HYP), **overrides}
-    if verbose:
-        print(f"demo: {opts['model']} at {opts['imgsz']} px on {device}, {n} torch threads -> {out}")
-    return compress(
-        data=data,
-        device=device,
-        project=out.parent,
-        name=out.name,
-        exist_ok=True,
-        threads=n,
-        verbose=verbose,
-        **opts,
-    )
+    if cfg.verbose:
+        print(f"demo: {opts['model']} at {opts['imgsz']} px on {cfg.device}, {n} torch threads -> {out}")
+    return compress(data=data, device=cfg.device, project=out.parent, name=out.name, exist_ok=True, threads=n,
+                    verbose=cfg.verbose, **opts)  # fmt: skip

@@ -8,16 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from obbslim.pipeline.compress import ROW_NAMES, STAGES
-
-TITLES = {
-    "1_baseline": "baseline training",
-    "2_sparse": "sparsity training",
-    "3_prune": "pruning",
-    "4_distill": "fine-tuning with distillation",
-    "4_finetune": "fine-tuning without distillation (ablation)",
-    "5_benchmark": "benchmark",
-}
+from obbslim.options import CompressConfig
+from obbslim.pipeline.stages import ROW_NAMES, STAGES, TITLES
+from obbslim.utils.io import atomic_write_text
 
 
 def _rel(path: str | Path, run_dir: Path) -> str:
@@ -58,24 +51,17 @@ def stage_table(markers: dict[str, dict], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dir: str | Path, markers: dict[str, dict], opts: dict) -> Path:
+def write_report(run_dir: str | Path, markers: dict[str, dict], o: CompressConfig) -> Path:
     """Write run_dir/report.md from the stage markers; returns its path."""
-    from obbslim.utils.io import atomic_write_text
-
     run_dir = Path(run_dir)
-    crit = (
-        f"ratio {opts['prune_ratio']}"
-        if opts.get("prune_ratio") is not None
-        else (f"target FLOPs {opts['target_flops']}")
-    )
+    crit = f"ratio {o.prune_ratio}" if o.prune_ratio is not None else f"target FLOPs {o.target_flops}"
     lines = [
         f"# Compression report: {run_dir.name}",
         "",
-        f"Data `{opts['data']}`, model `{opts['teacher'] or opts['model']}`"
-        f"{' (given teacher)' if opts.get('teacher') else ''}, imgsz {opts['imgsz']}, batch {opts['batch']}; "
-        f"sparsity lambda {opts['sparsity']:g} ({opts['sparsity_schedule']}), pruning by {crit}; epochs: "
-        f"baseline {'-' if opts.get('teacher') else opts['epochs_base']}, sparse {opts['epochs_sparse']}, "
-        f"fine-tune/distill {opts['epochs_distill']}.",
+        f"Data `{o.data}`, model `{o.teacher or o.model}`{' (given teacher)' if o.teacher else ''}, "
+        f"imgsz {o.imgsz}, batch {o.batch}; sparsity lambda {o.sparsity:g} ({o.sparsity_schedule}), pruning "
+        f"by {crit}; epochs: baseline {'-' if o.teacher else o.epochs_base}, sparse {o.epochs_sparse}, "
+        f"fine-tune/distill {o.epochs_distill}.",
         "",
         "## Benchmark",
         "",

@@ -1,15 +1,10 @@
-"""Network slimming: sparsity training on BN scales (sparsity), pruning (slim), folding (fold),
-reports (report)."""
+"""Network slimming: sparsity training on the BN scales (sparsity: the training callback and
+``sparse_train``, behind ``obbslim train --sparsity``), channel pruning (slim), folding (fold), the
+``obbslim prune`` command (checkpoint) and its report (report)."""
 
 from __future__ import annotations
 
+from obbslim.prune.checkpoint import prune_checkpoint
 from obbslim.prune.slim import prune
 
 __all__ = ["prune", "prune_checkpoint"]
-
-
-def prune_checkpoint(*args, **kwargs):
-    """See obbslim.prune.report.prune_checkpoint (imported lazily: it pulls in the data pipeline)."""
-    from obbslim.prune.report import prune_checkpoint as _pc
-
-    return _pc(*args, **kwargs)

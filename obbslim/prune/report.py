@@ -1,19 +1,17 @@
-"""`obbslim prune` end to end: load a checkpoint, slim it, save it, and report what changed.
-
-prune_report.md (beside the output): params, GFLOPs, checkpoint size and fp16 weight size before and
-after with % change, mAP before / right after pruning (with and without folding) when a dataset is
-given, and the per-layer widths; widths.png draws those widths as a before/after bar chart.
-"""
+"""What pruning changed, as text and a plot: prune_report.md holds params, GFLOPs, checkpoint size and
+fp16 weight size before and after with % change, mAP before / right after pruning (with and without
+folding) when a dataset is given, and the per-layer widths; widths.png draws those widths as a
+before/after bar chart."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
-from obbslim.errors import ObbslimError
+from obbslim.model import model_info
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:
@@ -37,8 +35,6 @@ def _pct(after: float, before: float) -> str:
 
 
 def summarize(before: nn.Module, after: nn.Module, imgsz: int) -> dict[str, Any]:
-    from obbslim.model import model_info
-
     b = model_info(before, imgsz=imgsz, print_fn=None)
     a = model_info(after, imgsz=imgsz, print_fn=None)
     return {
@@ -92,11 +88,11 @@ def format_report(rep: dict[str, Any]) -> str:
 
 def plot_widths(widths: dict[str, list[int]], path: str | Path) -> Path:
     """Before/after output width of every conv as grouped bars."""
+    # matplotlib takes about 0.5 s to import: only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     names = list(widths)
     b = np.array([widths[k][0] for k in names])
@@ -114,69 +110,3 @@ def plot_widths(widths: dict[str, list[int]], path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _map50(model: nn.Module, data: Any, imgsz: int, batch: int, device: str) -> float:
-    from obbslim.data.dataset import build_dataloader
-    from obbslim.engine.validate import validate
-
-    loader = build_dataloader(data, "val", imgsz, batch, augment=False, workers=0)
-    return float(validate(model.to(device), loader, progress=False)["mAP50"])
-
-
-def prune_checkpoint(
-    weights: str | Path,
-    out: str | Path,
-    ratio: float | None = None,
-    threshold: float | None = None,
-    target_flops: float | None = None,
-    target_params: float | None = None,
-    round_to: int = 8,
-    min_channels: int = 8,
-    fold: bool = True,
-    imgsz: int = 640,
-    data: str | Path | dict | None = None,
-    batch: int = 8,
-    device: str = "cpu",
-    verbose: bool = True,
-) -> dict[str, Any]:
-    """Prune a checkpoint (its EMA weights when present) and write ``out`` (a regular obbslim
-    checkpoint: the pruned architecture record plus weights), prune_report.md and widths.png beside
-    it. With ``data``, mAP50 on the val split before, after pruning with folding and without."""
-    from obbslim.model import ckpt_to_model, read_checkpoint, save
-    from obbslim.prune.slim import prune
-
-    weights, out = Path(weights), Path(out)
-    ckpt = read_checkpoint(weights)
-    model = ckpt_to_model(ckpt, ema=True, source=weights).eval()
-    if out.resolve() == weights.resolve():
-        raise ObbslimError(f"--out {out} would overwrite the input checkpoint")
-    before = copy.deepcopy(model)
-    crit = dict(ratio=ratio, threshold=threshold, target_flops=target_flops, target_params=target_params)
-    opts = dict(crit, round_to=round_to, min_channels=min_channels, imgsz=imgsz)
-    maps: dict[str, float | None] = {}
-    if data is not None:
-        maps["before"] = _map50(before, data, imgsz, batch, device)
-        other = prune(copy.deepcopy(before), **opts, fold=not fold)
-        maps["pruned_no_fold" if fold else "pruned_folded"] = _map50(other, data, imgsz, batch, device)
-    pruned = prune(model, **opts, fold=fold)
-    if data is not None:
-        maps["pruned_folded" if fold else "pruned_no_fold"] = _map50(pruned, data, imgsz, batch, device)
-    pruned = pruned.cpu()
-    stats = dict(pruned.prune_stats)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"source": str(weights), "fold": bool(fold), **{k: v for k, v in stats.items() if v is not None}}
-    save(pruned, out, epoch=-1, hyp=ckpt.get("hyp"), metrics=None, pruned=record)
-    rep = summarize(before.cpu(), pruned, imgsz)
-    rep.update(weights=str(weights), out=str(out), stats=stats, mAP50=maps or None,
-               file_bytes=[weights.stat().st_size, out.stat().st_size])  # fmt: skip
-    text = format_report(rep)
-    from obbslim.utils.io import atomic_write_text
-
-    atomic_write_text(out.parent / "prune_report.md", text)
-    plot_widths(rep["widths"], out.parent / "widths.png")
-    rep["report"] = str(out.parent / "prune_report.md")
-    rep["plot"] = str(out.parent / "widths.png")
-    if verbose:
-        print(text)
-    return rep

@@ -24,6 +24,9 @@ import torch
 from torch import nn
 
 from obbslim.errors import ObbslimError
+from obbslim.model import model_info
+from obbslim.options import PruneConfig
+from obbslim.prune.fold import fold_constants
 
 
 @dataclass
@@ -36,7 +39,9 @@ class Group:
     gammas: list[torch.Tensor]  # the |gamma| of every BN in the group (for the global threshold)
 
 
-def _tp():
+def load_torch_pruning():
+    """torch-pruning, imported when channels are analysed or removed: a pruned model loads and runs
+    without it (sparsity training falls back to every BatchNorm)."""
     try:
         import torch_pruning as tp
     except ImportError:  # pragma: no cover - it is a dependency
@@ -44,8 +49,9 @@ def _tp():
     return tp
 
 
-def _graph(model: nn.Module):
-    tp = _tp()
+def dependency_graph(model: nn.Module):
+    """torch-pruning's dependency graph of ``model`` (traced in eval mode) and the ignored Detect convs."""
+    tp = load_torch_pruning()
     detect = getattr(model, "detect", None)
     ignored = list(detect.m) if detect is not None else []
     p = next(model.parameters())
@@ -60,7 +66,8 @@ def _graph(model: nn.Module):
     return dg, ignored
 
 
-def _groups(dg, ignored):
+def coupled_groups(dg, ignored):
+    """Every coupled channel group rooted at a conv (the Detect output convs left out)."""
     return dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d])
 
 
@@ -75,11 +82,11 @@ def _items(group):
 
 def analyse(model: nn.Module) -> list[Group]:
     """The prunable groups and their channel scores (no change to the model)."""
-    tp = _tp()
-    dg, ignored = _graph(model)
+    tp = load_torch_pruning()
+    dg, ignored = dependency_graph(model)
     names = {m: n for n, m in model.named_modules()}
     out = []
-    for g in _groups(dg, ignored):
+    for g in coupled_groups(dg, ignored):
         root = g[0].dep.target.module
         width = int(root.out_channels)
         score = torch.full((width,), -math.inf)
@@ -155,13 +162,11 @@ def plan(
 
 def apply_plan(model: nn.Module, removals: dict[str, list[int]], fold: bool = True) -> dict[str, int]:
     """Remove the planned channels in place (folding their constant activations first when ``fold``)."""
-    tp = _tp()
-    dg, ignored = _graph(model)
+    tp = load_torch_pruning()
+    dg, ignored = dependency_graph(model)
     mods = dict(model.named_modules())
     stats = {"folded_bn": 0, "folded_bias": 0, "not_folded": 0}
     if fold and removals:
-        from obbslim.prune.fold import fold_constants
-
         zero_bn, consumers = [], []
         for root, idxs in removals.items():
             g = dg.get_pruning_group(mods[root], tp.prune_conv_out_channels, idxs)
@@ -173,7 +178,7 @@ def apply_plan(model: nn.Module, removals: dict[str, list[int]], fold: bool = Tr
         stats = fold_constants(model, zero_bn, consumers)
     names = {m: n for n, m in model.named_modules()}
     done = set()
-    for g in _groups(dg, ignored):  # lazily regenerated: indices stay valid after each prune
+    for g in coupled_groups(dg, ignored):  # lazily regenerated: indices stay valid after each prune
         root = names[g[0].dep.target.module]
         if root in removals:
             g.prune(idxs=removals[root])
@@ -185,8 +190,6 @@ def apply_plan(model: nn.Module, removals: dict[str, list[int]], fold: bool = Tr
 
 
 def _cost(model: nn.Module, imgsz: int) -> tuple[int, float]:
-    from obbslim.model import model_info
-
     info = model_info(model, imgsz=imgsz, print_fn=None)
     return int(info["params"]), float(info["gflops"])
 
@@ -238,10 +241,10 @@ def prune(
     threshold: float | None = None,
     target_flops: float | None = None,
     target_params: float | None = None,
-    round_to: int = 8,
-    min_channels: int = 8,
-    fold: bool = True,
-    imgsz: int = 640,
+    round_to: int = PruneConfig.round_to,
+    min_channels: int = PruneConfig.min_channels,
+    fold: bool = PruneConfig.fold,
+    imgsz: int = PruneConfig.imgsz,
 ) -> nn.Module:
     """Slim ``model`` in place (and return it) by one criterion: ``ratio`` (fraction of the prunable
     BN channels removed, coupling, min_channels and round_to included), ``threshold`` (|gamma|), or

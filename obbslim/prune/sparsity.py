@@ -5,23 +5,37 @@ The penalty lambda * sum|gamma| is applied as its subgradient, lambda * sign(gam
 GradScaler has unscaled the gradients, so the term is never divided by the loss scale. With
 ``bias=True`` the BN shifts (beta) get the same L1 term, so pruned channels output ~act(0) = 0.
 
-``SparsityTraining`` also provides the ``on_epoch_end`` callback: the fraction of |gamma| below 1e-2
-and the current lambda become results.csv columns, and ``gamma_hist.png`` (an epoch x log10|gamma|
+``SparsityTraining`` also provides the per-epoch statistics: the fraction of |gamma| below 1e-2 and
+the current lambda become results.csv columns, and ``gamma_hist.png`` (an epoch x log10|gamma|
 heatmap, as in the network slimming paper's figure) is redrawn from ``gamma_hist.json`` each epoch.
+
+``SparsityCallback`` plugs it into the training engine, and :func:`sparse_train` is ``obbslim train``:
+the engine's ``train`` with that callback, configured by the sparsity options
+(:class:`~obbslim.options.SparseTrainConfig`), which checkpoints store, so ``--resume`` keeps them.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-SCHEDULES = ("constant", "linear", "cosine")
-WEIGHTINGS = ("none", "flops")
+from obbslim.engine.callbacks import Callback
+from obbslim.engine.optim import accumulate_steps
+from obbslim.engine.train import TrainState, train
+from obbslim.options import SparseTrainConfig
+from obbslim.options.train import SPARSITY_SCHEDULES as SCHEDULES
+from obbslim.options.train import SPARSITY_WEIGHTINGS as WEIGHTINGS
+from obbslim.prune.slim import coupled_groups, dependency_graph, load_torch_pruning
+from obbslim.utils.device import de_parallel
+from obbslim.utils.io import atomic_write_text
+
 END_FACTOR = 0.1  # linear/cosine decay lambda to 0.1 lambda at the end (the YOLOv5 slimming repos)
 HIST_BINS = np.linspace(-6.0, 1.0, 71)  # log10|gamma| bins of the histogram plot
 
@@ -41,21 +55,16 @@ def schedule_factor(schedule: str, progress: float) -> float:
 def _groups(model: nn.Module) -> tuple[nn.Module, list, dict]:
     """The coupled channel groups that obbslim.prune.slim prunes, traced on a CPU float copy of
     ``model`` (the live model stays where and as it is), the copy and its module names."""
-    import copy
-
-    from obbslim.prune.slim import _graph
-    from obbslim.prune.slim import _groups as coupled
-
     net = copy.deepcopy(model).cpu().float()
-    dg, ignored = _graph(net)
-    return net, list(coupled(dg, ignored)), {m: n for n, m in net.named_modules()}
+    dg, ignored = dependency_graph(net)
+    return net, list(coupled_groups(dg, ignored)), {m: n for n, m in net.named_modules()}
 
 
 def prunable_bn_names(model: nn.Module) -> list[str]:
     """Names of the BatchNorm2d layers whose channels torch-pruning can remove (not coupled to the
     Detect outputs); without torch-pruning every BatchNorm2d (the Detect convs have none)."""
     all_bn = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    try:
+    try:  # optional at run time (see slim.load_torch_pruning)
         import torch_pruning  # noqa: F401
     except ImportError:
         return all_bn
@@ -73,8 +82,7 @@ def flops_weights(model: nn.Module, imgsz: int = 256) -> dict[str, float]:
     does) shrinks the scales of costly high-resolution layers first, so a channel ratio removes more
     FLOPs. The weights do not depend on ``imgsz`` (every feature map scales alike).
     """
-    import torch_pruning as tp
-
+    tp = load_torch_pruning()
     net, groups, names = _groups(model)
     hw: dict[nn.Module, int] = {}
     hooks = [m.register_forward_hook(lambda m, i, o: hw.__setitem__(m, o.shape[-1] * o.shape[-2]))
@@ -132,6 +140,7 @@ def plot_gamma_hist(history: list[dict], path: str | Path) -> Path | None:
     """Epoch x log10|gamma| heatmap (fraction of channels per bin): sparsity shows as mass moving left."""
     if not history:
         return None
+    # matplotlib takes about 0.5 s to import: only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,7 +216,7 @@ class SparsityTraining:
         lam = self.current = self.lam_at(epoch_frac)
         mods = dict(model.named_modules())
         if self.mode == "prox":
-            g = self.optimizer.param_groups[-1] if self.optimizer is not None else {"lr": 1.0, "initial_lr": 1.0}
+            g = self.optimizer.param_groups[2]  # the BN weights' group
             step = lam * g["lr"] / g["initial_lr"] / max(self.lr_sum, 1e-9)
             for n, w in zip(self.names, self.weights):
                 bn = mods[n]
@@ -241,8 +250,58 @@ class SparsityTraining:
             hist = json.loads(jpath.read_text()) if jpath.exists() else []
             hist = [h for h in hist if h["epoch"] < epoch]
             hist.append({"epoch": int(epoch), "counts": counts.tolist()})
-            from obbslim.utils.io import atomic_write_text
-
             atomic_write_text(jpath, json.dumps(hist))
             plot_gamma_hist(hist, self.run_dir / "gamma_hist.png")
         return {"gamma_lt_1e-2": stats["gamma_lt_1e-2"], "sparsity_lambda": lam}
+
+
+class SparsityCallback(Callback):
+    """Network slimming inside a training run, set by the run's options (``state.cfg``, so a resumed run
+    keeps its own): inert when ``sparsity`` is 0."""
+
+    name = "sparsity"
+
+    def __init__(self) -> None:
+        self.sp: SparsityTraining | None = None
+
+    def recorded(self) -> bool:
+        return self.sp is not None  # a run without sparsity resumes without this callback too
+
+    def before_train(self, state: TrainState) -> None:
+        c = state.cfg
+        if not getattr(c, "sparsity", 0.0):
+            return
+        run_dir = state.save_dir if state.info.main and not c.noplots else None
+        import os
+
+        self.sp = SparsityTraining(de_parallel(state.model), c.sparsity, c.sparsity_schedule or "constant",
+                                   state.epochs, bool(c.sparsity_bias), run_dir=run_dir,
+                                   weighting=c.sparsity_weighting or "none",
+                                   mode=os.environ.get("OBBSLIM_SPARSITY_MODE", "subgradient"))  # fmt: skip
+        self.sp.optimizer = state.optimizer
+
+    def after_backward(self, state: TrainState, epoch_frac: float) -> None:
+        if self.sp is not None:
+            self.sp.epochs = state.epochs  # the lambda schedule spans what the lr schedule spans
+            if self.sp.mode == "prox":
+                acc = accumulate_steps(state.cfg.batch, state.hyp["nbs"])
+                steps = math.ceil(len(state.train_loader) / acc)
+                self.sp.lr_sum = steps * sum(state.lf(e) for e in range(state.epochs))
+            self.sp.after_backward(de_parallel(state.model), epoch_frac)
+
+    def after_epoch(self, state: TrainState, epoch: int) -> dict:
+        if self.sp is None:
+            return {}
+        self.sp.epochs = state.epochs
+        return self.sp.on_epoch_end(de_parallel(state.model), epoch)
+
+
+def sparse_train(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> dict[str, Any]:
+    """``obbslim train``: the training engine with network slimming's sparsity when ``sparsity`` > 0.
+
+    ``sparse_train(data, model, epochs, **options)`` with the options of
+    :class:`~obbslim.options.SparseTrainConfig` (the engine's and ``sparsity``, ``sparsity_schedule``,
+    ``sparsity_bias``, ``sparsity_weighting``); returns the engine's result dict."""
+    cfg = SparseTrainConfig.of(*args, **options)
+    return train(cfg, callbacks=[SparsityCallback(), *callbacks])
+

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -37,10 +40,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, then rename over the target."""
-    import io
-
-    import torch
-
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
+    """runs/train/exp -> runs/train/exp2, exp3, ... unless exist_ok (then the path itself)."""
+    path = Path(path)
+    if exist_ok or not path.exists():
+        return path
+    n = 2
+    while (path.parent / f"{path.name}{n}").exists():
+        n += 1
+    return path.parent / f"{path.name}{n}"

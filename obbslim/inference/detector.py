@@ -16,10 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
 
+from obbslim.data.augment import letterbox
+from obbslim.data.merge import merge_detections
+from obbslim.data.split import crop_tile, tile_name, tile_windows
 from obbslim.errors import InputError, ObbslimError
+from obbslim.inference.onnx_backend import OnnxModel
+from obbslim.inference.postprocess import postprocess, scale_rboxes
+from obbslim.model import load
+from obbslim.ops import rbox2poly
+from obbslim.utils.device import select_device
 
 
 @dataclass
@@ -40,8 +49,6 @@ class Detections:
     @property
     def polys(self) -> np.ndarray:
         """float64 [n, 8] corner polygons ``x1 y1 ... x4 y4`` (``ops.rbox2poly``)."""
-        from obbslim.ops import rbox2poly
-
         return np.asarray(rbox2poly(self.rboxes), np.float64).reshape(-1, 8)
 
     @property
@@ -63,25 +70,8 @@ class Window:
     pad: tuple[int, int] = (0, 0)
 
 
-def select_device(device: str | int | torch.device | None) -> torch.device:
-    """None/'' -> first GPU if any else CPU; 'cpu', '0', 'cuda:0', 1 -> that device."""
-    if isinstance(device, torch.device):
-        return device
-    d = "" if device is None else str(device).strip().lower().replace("cuda:", "")
-    if d == "cpu" or (d == "" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ObbslimError(f"device {device!r} requested but CUDA is not available (use cpu)")
-    try:
-        return torch.device("cuda", int(d.split(",")[0] or 0))
-    except ValueError:
-        raise ObbslimError(f"unknown device {device!r}: use cpu, 0, 1, ... or cuda:N") from None
-
-
 def read_image(source: str | Path | np.ndarray) -> tuple[np.ndarray, str | None]:
     """A path (read as BGR uint8) or an HWC uint8 BGR array (a grey 2-D array is made BGR)."""
-    import cv2
-
     if isinstance(source, np.ndarray):
         img = source
         if img.ndim == 2:
@@ -121,16 +111,11 @@ def load_weights(
     if not path.is_file():
         raise ObbslimError(f"{path}: weights file not found")
     if path.suffix.lower() == ".onnx":
-        try:
-            from obbslim.deploy.onnx_backend import OnnxModel
-        except ImportError as e:
-            raise ObbslimError(f"{path}: ONNX inference needs onnxruntime ({e})") from None
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else [
             "CPUExecutionProvider"
         ]
         model = OnnxModel(path, providers=providers)
         return model, list(names or model.names), "onnx"
-    from obbslim.model import load
 
     model = load(path, device=device).fuse()
     return model, list(names or model.names), "torch"
@@ -214,8 +199,6 @@ class Detector:
     # ------------------------------------------------------------------ the pipeline
     def windows(self, shape: tuple[int, int], image: int = 0) -> list[Window]:
         """The network inputs of an image of ``shape`` (h, w): the whole image, or its tiles."""
-        from obbslim.data.split import tile_windows
-
         h, w = shape[:2]
         if h <= self.tile and w <= self.tile:
             return [Window(image, 0, 0, 0)]
@@ -223,9 +206,6 @@ class Detector:
 
     def preprocess(self, imgs: Sequence[np.ndarray], wins: Sequence[Window]) -> torch.Tensor:
         """Crop, letterbox, BGR->RGB, CHW, 0..1 on the device; fills each window's ratio and pad."""
-        from obbslim.data.augment import letterbox
-        from obbslim.data.split import crop_tile
-
         out = []
         for win in wins:
             img = imgs[win.image]
@@ -244,8 +224,6 @@ class Detector:
 
     def postprocess(self, decoded: torch.Tensor, wins: Sequence[Window]) -> list[tuple[np.ndarray, ...]]:
         """Decoded batch -> per window ``(rboxes in window pixels, scores, cls)`` numpy arrays."""
-        from obbslim.engine.postprocess import postprocess, scale_rboxes
-
         outs = postprocess(
             decoded.float(),
             conf_thr=self.conf,
@@ -294,9 +272,6 @@ class Detector:
     def _merge(
         self, k: int, img: np.ndarray, path: str | None, wins: list[Window], per_win: list
     ) -> Detections:
-        from obbslim.data.merge import merge_detections
-        from obbslim.data.split import tile_name
-
         mine = [(w, r) for w, r in zip(wins, per_win) if w.image == k]
         shape = tuple(int(v) for v in img.shape[:2])
         if len(mine) == 1:

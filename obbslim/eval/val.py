@@ -2,10 +2,10 @@
 
 Two protocols:
 - the split (default): the dataset's images letterboxed to ``imgsz`` through
-  ``obbslim.engine.validate`` (the numbers training reports);
+  ``obbslim.eval.metrics`` (the numbers training reports);
 - ``full_images``: the DOTA benchmark protocol. SRC has ``images/`` and ``labelTxt/`` of original
   large images; every image is tiled like ``obbslim split`` (``tile = imgsz``, ``gap``), each tile
-  predicted by the :class:`~obbslim.engine.predict.Detector`, the tiles merged with class-wise rotated
+  predicted by the :class:`~obbslim.inference.detector.Detector`, the tiles merged with class-wise rotated
   NMS, Task1 files written into the run dir and scored by ``evaluate_dota`` against SRC/labelTxt.
 
 Both print a per-class table (P, R at the best-mean-F1 confidence, AP50 VOC07 = the DOTA number,
@@ -19,14 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from obbslim.data.dataset import build_dataloader
+from obbslim.data.labels import load_data_yaml, load_split
 from obbslim.errors import InputError, ObbslimError
+from obbslim.eval.dota import evaluate_dota
+from obbslim.eval.metrics import IOU_THRS, pr_at_best_f1, validate
+from obbslim.eval.plots import plot_pr_curves
+from obbslim.inference.detect import list_sources, write_dota
+from obbslim.inference.detector import Detector
+from obbslim.model import load
+from obbslim.options import ValConfig
+from obbslim.utils.device import select_device
+from obbslim.utils.io import atomic_write_text, increment_path
 
 
 def metric_rows(res07: dict, res12: list[dict], classes: list[str]) -> dict[str, dict[str, float]]:
     """Per class and 'all': n_gt, n_det, P, R, mAP50 (VOC07), mAP50_voc12, mAP50_95."""
-    from obbslim.engine.validate import pr_at_best_f1
-
     p, r = pr_at_best_f1(res07, classes)
     rows: dict[str, dict[str, float]] = {}
     for k, c in enumerate(classes):
@@ -69,61 +79,28 @@ def speed_line(speed: dict[str, float], shape: tuple[int, ...]) -> str:
     )
 
 
-def val(
-    weights: Any,
-    data: str | Path | dict | None = None,
-    split: str = "val",
-    imgsz: int = 1024,
-    batch: int = 16,
-    conf: float = 0.001,
-    iou: float = 0.4,
-    max_det: int = 300,
-    device: str | None = None,
-    half: bool = False,
-    full_images: str | Path | None = None,
-    gap: int = 200,
-    json_path: str | Path | None = None,
-    project: str | Path = "runs/val",
-    name: str = "exp",
-    exist_ok: bool = False,
-    workers: int = 0,
-    plots: bool = True,
-    verbose: bool = True,
-    progress: bool = True,
-    detector: Any = None,
-) -> dict[str, Any]:
-    """Validate ``weights`` (a .pt checkpoint; ``full_images`` also takes .onnx or a ``detector``).
+def val(*args: Any, detector: Any = None, **options: Any) -> dict[str, Any]:
+    """``val(weights, data, **options)`` with the options of :class:`~obbslim.options.ValConfig` (or
+    ``val(ValConfig(...))``): validate a .pt checkpoint (``full_images`` also takes .onnx, or a built
+    ``detector``).
 
     Returns ``{run_dir, rows (per class and 'all'), mAP50, mAP50_voc12, mAP50_95, precision, recall,
     speed_ms, n_images, json (what --json writes)}`` and, with ``full_images``, ``task1_dir``.
     """
-    from obbslim.engine.runs import increment_path
-
-    run_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
+    cfg = ValConfig.of(*args, **options)
+    run_dir = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if full_images is not None:
-        out = _val_full_images(
-            weights, Path(full_images), run_dir, imgsz, batch, conf, iou, max_det, device, half, gap,
-            progress, detector,
-        )
+    if cfg.full_images is not None:
+        out = _val_full_images(cfg, run_dir, detector)
+    elif cfg.data is None:
+        raise ObbslimError("val needs --data (a dataset YAML) unless --full-images is given")
     else:
-        if data is None:
-            raise ObbslimError("val needs --data (a dataset YAML) unless --full-images is given")
-        out = _val_split(
-            weights, data, split, imgsz, batch, conf, iou, max_det, device, half, workers, progress
-        )
+        out = _val_split(cfg)
     res07, res12, classes = out.pop("res07"), out.pop("res12"), out.pop("classes")
     rows = metric_rows(res07, res12, classes)
     allrow = rows["all"]
-    out.update(
-        run_dir=str(run_dir),
-        rows=rows,
-        mAP50=allrow["mAP50"],
-        mAP50_voc12=allrow["mAP50_voc12"],
-        mAP50_95=allrow["mAP50_95"],
-        precision=allrow["precision"],
-        recall=allrow["recall"],
-    )
+    keys = ("mAP50", "mAP50_voc12", "mAP50_95", "precision", "recall")
+    out.update(run_dir=str(run_dir), rows=rows, **{k: allrow[k] for k in keys})
     out["json"] = {
         "metric": "voc07",
         "iou_thr": 0.5,
@@ -131,49 +108,37 @@ def val(
         "per_class": {c: rows[c]["mAP50"] for c in classes},
         "n_gt": {c: rows[c]["n_gt"] for c in classes},
         "n_det": {c: rows[c]["n_det"] for c in classes},
-        "mAP50_voc12": allrow["mAP50_voc12"],
-        "mAP50_95": allrow["mAP50_95"],
-        "precision": allrow["precision"],
-        "recall": allrow["recall"],
+        **{k: allrow[k] for k in keys[1:]},
         "speed_ms": out["speed_ms"],
     }
-    if plots:
-        from obbslim.eval.plots import plot_pr_curves
-
+    if cfg.plots:
         out["pr_curve"] = str(plot_pr_curves(res12[0], run_dir / "PR_curve.png", classes))
-    if json_path is not None:
-        from obbslim.utils.io import atomic_write_text
-
-        atomic_write_text(json_path, json.dumps(out["json"], indent=2) + "\n")
-    if verbose:
+    if cfg.json_path is not None:
+        atomic_write_text(cfg.json_path, json.dumps(out["json"], indent=2) + "\n")
+    if cfg.verbose:
         print(format_val_table(rows, out["n_images"]))
         print(speed_line(out["speed_ms"], out["shape"]))
         print(f"Results saved to {run_dir}")
     return out
 
 
-def _val_split(
-    weights, data, split, imgsz, batch, conf, iou, max_det, device, half, workers, progress
-) -> dict:
-    from obbslim.data.dataset import build_dataloader
-    from obbslim.data.labels import load_data_yaml, load_split
-    from obbslim.engine.predict import select_device
-    from obbslim.engine.validate import validate
-    from obbslim.model import load
-
+def _val_split(cfg: ValConfig) -> dict:
+    weights = cfg.weights
     if isinstance(weights, (str, Path)) and Path(weights).suffix.lower() == ".onnx":
         raise ObbslimError(f"{weights}: split validation takes a .pt checkpoint (ONNX: use --full-images)")
-    dev = select_device(device)
+    dev = select_device(cfg.device)
     model = load(weights, device=dev) if isinstance(weights, (str, Path)) else weights.to(dev)
-    d = load_data_yaml(data)
-    samples, _ = load_split(d, split, verbose=False)
+    d = load_data_yaml(cfg.data)
+    samples, _ = load_split(d, cfg.split, verbose=False)
     if not samples:
-        raise InputError(f"split {split!r} has no usable images", d.get("yaml_file"))
+        raise InputError(f"split {cfg.split!r} has no usable images", d.get("yaml_file"))
     stride = int(model.stride.max())
-    loader = build_dataloader(samples, split, imgsz, batch, augment=False, workers=workers, stride=stride)
+    loader = build_dataloader(samples, cfg.split, cfg.imgsz, cfg.batch, augment=False, workers=cfg.workers,
+                              stride=stride)  # fmt: skip
     timer: dict[str, float] = {}
-    m = validate(model, loader, d["names"], conf, iou, max_det, half=half and dev.type == "cuda",
-                 progress=progress, timer=timer)
+    half = cfg.half and dev.type == "cuda"
+    m = validate(model, loader, d["names"], cfg.conf, cfg.iou, cfg.max_det, half=half, progress=cfg.progress,
+                 timer=timer)  # fmt: skip
     n = max(timer.get("images", 0), 1)
     return {
         "res07": m["voc07"],
@@ -181,35 +146,26 @@ def _val_split(
         "classes": list(m["per_class"]),
         "n_images": len(samples),
         "speed_ms": {k: 1000 * timer.get(k, 0.0) / n for k in ("preprocess", "inference", "nms")},
-        "shape": (batch, 3, imgsz, imgsz),
+        "shape": (cfg.batch, 3, cfg.imgsz, cfg.imgsz),
     }
 
 
-def _val_full_images(
-    weights, src: Path, run_dir: Path, imgsz, batch, conf, iou, max_det, device, half, gap, progress, detector
-) -> dict:
-    from tqdm import tqdm
-
-    from obbslim.engine.detect import list_sources, write_dota
-    from obbslim.engine.predict import Detector
-    from obbslim.engine.validate import IOU_THRS
-    from obbslim.eval.dota import evaluate_dota
-    from obbslim.utils.io import atomic_write_text
-
+def _val_full_images(cfg: ValConfig, run_dir: Path, detector: Any) -> dict:
+    src = Path(cfg.full_images)
     img_dir, ann_dir = src / "images", src / "labelTxt"
     for p in (img_dir, ann_dir):
         if not p.is_dir():
             raise InputError("--full-images needs images/ and labelTxt/ folders; missing", p)
     files = list_sources(img_dir)
     det = detector or Detector(
-        weights, device=device, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, tile=imgsz, gap=gap,
-        half=half, batch=batch, multi_label=True,
-    )
+        cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
+        tile=cfg.imgsz, gap=cfg.gap, half=cfg.half, batch=cfg.batch, multi_label=True,
+    )  # fmt: skip
     det.reset_times()
     results = []
     chunk = max(det.batch // 4, 1)  # a large image makes many windows already
-    for i in tqdm(range(0, len(files), chunk), desc="  full images", disable=None if progress else True,
-                  leave=False):
+    for i in tqdm(range(0, len(files), chunk), desc="  full images", disable=None if cfg.progress else True,
+                  leave=False):  # fmt: skip
         part = files[i : i + chunk]
         results += [(Path(f).stem, d) for f, d in zip(part, det.predict_batch(part))]
     task1_dir = run_dir / "Task1"

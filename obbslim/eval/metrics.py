@@ -9,12 +9,18 @@ average over IoU 0.50:0.05:0.95), and precision/recall at the confidence of best
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from obbslim.eval import evaluate_images, format_table
+from obbslim.inference.postprocess import postprocess, scale_rboxes
+from obbslim.ops import rbox2poly
+from obbslim.utils.device import de_parallel
 
 IOU_THRS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
 
@@ -48,12 +54,6 @@ def validate(
     ``timer``: a dict that gets seconds added under ``preprocess`` (to device, to float), ``inference``,
     ``nms`` (postprocess and un-letterbox) and the count of ``images`` (for per-image speeds).
     """
-    import time
-
-    from obbslim.engine.ema import de_parallel
-    from obbslim.engine.postprocess import postprocess, scale_rboxes
-    from obbslim.ops import rbox2poly
-
     model = de_parallel(model)
     was_training = model.training
     model.eval()
@@ -100,8 +100,6 @@ def validate(
         for k, v in zip(("box", "obj", "cls", "theta"), (loss_sum / max(nb, 1)).tolist()):
             metrics[f"val_{k}"] = v
     if verbose:
-        from obbslim.eval import format_table
-
         res = metrics["voc07"]
         print(format_table({**res, "per_class": {n: res["per_class"][n] for n in metrics["per_class"]}}))
     return metrics
@@ -109,8 +107,6 @@ def validate(
 
 def summarize(gts: list[tuple], dets: list[tuple], names: list[str]) -> dict[str, Any]:
     """The metric dict from per-image ground truth and detections (original pixel polygons)."""
-    from obbslim.eval import evaluate_images
-
     voc07 = evaluate_images(gts, dets, names, metric="voc07", iou_thr=0.5)
     voc12 = evaluate_images(gts, dets, names, metric="voc12", iou_thr=IOU_THRS)
     present = [n for n in names if voc07["n_gt"].get(n, 0) > 0]  # classes absent from the split: no AP

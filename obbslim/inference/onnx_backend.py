@@ -1,7 +1,7 @@
 """ONNX Runtime backend with the call contract of the PyTorch model's decoded output.
 
 ``OnnxModel(path)(imgs)`` returns what ``model(imgs)[0][..., :6 + nc]`` returns for the PyTorch model,
-so ``obbslim.engine.postprocess.postprocess(decoded, nbins=0)`` (or ``nc=model.nc``) and everything
+so ``obbslim.inference.postprocess.postprocess(decoded, nbins=0)`` (or ``nc=model.nc``) and everything
 after it work unchanged. NMS is not in the graph.
 """
 
@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from obbslim.errors import ObbslimError
+from obbslim.inference.onnx_metadata import FORMAT, read_metadata
 
 
 def default_providers() -> list[str]:
     """CUDA first when this onnxruntime build has it, CPU always as the fallback."""
-    import onnxruntime as ort
-
     avail = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
 
@@ -33,10 +33,6 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None):
-        import onnxruntime as ort
-
-        from obbslim.deploy.export import FORMAT, read_metadata
-
         self.path = Path(path)
         if not self.path.is_file():
             raise ObbslimError(f"{self.path}: ONNX model not found")

@@ -1,0 +1,62 @@
+"""Options of ``obbslim compress`` (:class:`CompressConfig`) and ``obbslim demo`` (:class:`DemoConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from obbslim.options.base import Options, option
+from obbslim.options.train import SPARSITY_SCHEDULES, SPARSITY_WEIGHTINGS
+
+
+@dataclass
+class CompressConfig(Options):
+    """Baseline -> sparsity training -> pruning -> distillation (and fine-tuning) -> benchmark -> report."""
+
+    positional = ("data", "model", "teacher")
+
+    data: str | Path | dict | None = option(
+        None, "dataset YAML (path, train, val, names); not needed with --resume"
+    )
+    model: str | Path = option("yolov5s-obb.yaml", "model spec of the baseline (yolov5{n,s,m,l,x}-obb.yaml)")
+    teacher: str | Path | None = option(None, "a trained checkpoint .pt: skips the baseline training")
+    prune_ratio: float | None = option(None, "fraction of the prunable BN channels removed", type=float)
+    target_flops: float | None = option(None, "fraction of the GFLOPs kept (instead)", type=float)
+    epochs_base: int = option(100, "baseline training epochs")
+    epochs_sparse: int = option(100, "sparsity training epochs")
+    epochs_distill: int = option(50, "epochs of distillation and of fine-tuning")
+    sparsity: float = option(1e-3, "L1 on the BN scales", metavar="LAMBDA")
+    sparsity_schedule: str = option("constant", "decay of LAMBDA over the sparsity training",
+                                    choices=SPARSITY_SCHEDULES)  # fmt: skip
+    sparsity_weighting: str = option("none", "flops: scale each layer's LAMBDA by the FLOPs of one of its "
+                                     "channels", choices=SPARSITY_WEIGHTINGS)  # fmt: skip
+    imgsz: int = option(640, "training / validation / benchmark image size")
+    batch: int = option(16, "training batch size")
+    device: str = option("", "cpu, 0 (default: GPU 0 if available)", runtime=True)
+    workers: int = option(8, "dataloader workers", runtime=True)
+    hyp: str | Path | dict | None = option(None, "hyperparameter YAML (only the keys that change)", type=str)
+    onnx: bool = option(False, "benchmark also times ONNX Runtime")
+    project: str | Path = option("runs/compress", "where run folders go")
+    name: str = option("exp", "run folder name")
+    exist_ok: bool = option(False, "reuse PROJECT/NAME: complete stages are skipped", record=False)
+    resume: str | Path | bool | None = option(None, "continue a compress run with its stored arguments (no "
+                                              "value: the newest in --project)", nargs="?", const=True,
+                                              metavar="RUN", record=False)  # fmt: skip
+    val_every: int = option(1, "validate every k epochs (and at the end)")
+    seed: int = option(0, "random seed")
+    bench_runs: int = option(50, "timed runs per model in the benchmark")
+    bench_warmup: int = option(10, "untimed warm-up runs in the benchmark")
+    threads: int | None = option(None, "CPU threads for the benchmark", type=int, runtime=True)
+    verbose: bool = option(True, "print progress and the table", cli=False, runtime=True)
+
+
+@dataclass
+class DemoConfig(Options):
+    """The whole compress pipeline on the built-in synthetic dataset (what `make demo` runs)."""
+
+    positional = ("out", "device", "threads")
+
+    out: str | Path = option("runs/demo", "run folder")
+    device: str = option("cpu", "cpu or 0 (GPU)")
+    threads: int | None = option(None, "torch threads (default: the CPU count)", type=int)
+    verbose: bool = option(True, "print progress and the table", cli=False)

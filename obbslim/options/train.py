@@ -1,0 +1,133 @@
+"""Options of the training commands: ``obbslim train`` (:class:`SparseTrainConfig`, the engine's
+:class:`TrainConfig` plus network slimming's sparsity) and ``obbslim distill`` (:class:`DistillConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from obbslim.options.base import Options, option
+
+SPARSITY_SCHEDULES = ("constant", "linear", "cosine")
+SPARSITY_WEIGHTINGS = ("none", "flops")
+KD_FEATURE_TYPES = ("cwd", "mimic")
+KD_CLS_KINDS = ("bce", "kl")
+
+
+@dataclass
+class TrainConfig(Options):
+    """Every option of the training engine (``obbslim.engine.train.train``)."""
+
+    positional = ("data", "model", "epochs")
+
+    data: str | Path | dict | None = option(
+        None, "dataset YAML (path, train, val, names); not needed with --resume"
+    )
+    model: str | Path = option(
+        "yolov5s-obb.yaml",
+        "model spec (yolov5{n,s,m,l,x}-obb.yaml or a YAML path) or a checkpoint .pt whose architecture is "
+        "kept (e.g. a pruned model)",
+    )
+    epochs: int = option(100, "training epochs")
+    imgsz: int = option(640, "training image size (pixels)")
+    batch: int = option(16, "total batch size over all processes")
+    device: str = option("", "cpu, 0, or 0,1 (default: GPU 0 if available)", runtime=True)
+    workers: int = option(8, "dataloader workers per process", runtime=True)
+    hyp: str | Path | dict | None = option(None, "hyperparameter YAML (only the keys that change)", type=str)
+    project: str | Path = option("runs/train", "where run folders go")
+    name: str = option("exp", "run folder name")
+    exist_ok: bool = option(False, "reuse PROJECT/NAME instead of NAME2, ...")
+    resume: str | Path | bool | None = option(
+        None,
+        "continue a run: its directory or last.pt (no value: the newest run in --project)",
+        nargs="?",
+        const=True,
+        metavar="RUN",
+    )
+    seed: int = option(0, "random seed")
+    val_every: int = option(1, "validate every k epochs (and at the end)")
+    patience: int = option(100, "early stop after this many epochs without gain")
+    noval: bool = option(False, "validate only after the final epoch")
+    noautoanchor: bool = option(False, "keep the model's anchors")
+    noplots: bool = option(False, "no labels.png, train_batch*.jpg, results.png")
+    amp: bool = option(True, "disable mixed precision on CUDA")
+    channels_last: bool = option(False, "channels_last memory format (CUDA)")
+    sync_bn: bool = option(False, "SyncBatchNorm across DDP processes (CUDA)")
+    stop_after: int | None = option(
+        None,
+        "stop after N epochs of this run (the schedule keeps --epochs; --resume continues)",
+        type=int,
+        metavar="N",
+        runtime=True,
+    )
+    time_limit: float | None = option(
+        None,
+        "train for this many hours (overrides --epochs, re-estimated every epoch)",
+        flag="--time",
+        type=float,
+        metavar="HOURS",
+    )
+    verbose: bool = option(True, "print progress and summaries", cli=False, runtime=True)
+
+
+@dataclass
+class SparseTrainConfig(TrainConfig):
+    """``obbslim train``: the engine's options and network slimming's L1 on the BN scales."""
+
+    sparsity: float = option(
+        0.0,
+        "network slimming: L1 penalty LAMBDA * sum|gamma| on prunable BN scales (e.g. 1e-4)",
+        metavar="LAMBDA",
+    )
+    sparsity_schedule: str = option(
+        "constant",
+        "decay of LAMBDA over training (linear/cosine end at 0.1 LAMBDA)",
+        choices=SPARSITY_SCHEDULES,
+    )
+    sparsity_bias: bool = option(False, "also L1 on the BN shifts (beta)")
+    sparsity_weighting: str = option(
+        "none",
+        "flops: scale each layer's LAMBDA by the FLOPs one of its channels costs (mean 1), so that pruning a "
+        "channel ratio removes more FLOPs",
+        choices=SPARSITY_WEIGHTINGS,
+    )
+
+
+@dataclass
+class DistillConfig(SparseTrainConfig):
+    """``obbslim distill``: every train option (``student`` replaces ``model``) and the distillation's."""
+
+    positional = ("student", "teacher", "data", "epochs")
+
+    project: str | Path = option("runs/distill", "where run folders go")
+    student: str | Path | None = option(
+        None, "student checkpoint .pt (the pruned model); not needed with --resume"
+    )
+    teacher: str | Path | None = option(
+        None, "teacher checkpoint .pt (same strides, nc, na, nbins; any widths)"
+    )
+    kd_output: float = option(1.0, "weight of the output distillation (0 off)")
+    kd_feature: float = option(1.0, "weight of the feature distillation (0 off)")
+    kd_temp: float = option(1.0, "output temperature T (classes, angle bins)")
+    kd_feature_type: str = option(
+        "cwd",
+        "cwd: channel-wise distillation; mimic: MSE on the cells near ground-truth objects",
+        choices=KD_FEATURE_TYPES,
+    )
+    kd_feature_temp: float = option(1.0, "CWD temperature tau")
+    kd_cls: str = option(
+        "bce",
+        "class term: per-class soft-target BCE (minus the teacher entropy) or softmax KL",
+        choices=KD_CLS_KINDS,
+    )
+    kd_box_thresh: float = option(0.5, "box term only where the teacher's objectness exceeds this")
+    kd_gains: dict | None = option(
+        None, "per-term gains over the defaults (box, obj, cls, theta, feat)", cli=False
+    )
+
+    @classmethod
+    def from_record(cls, record: dict) -> DistillConfig:
+        """Also reads the first release's layout, where the distillation options sat in
+        ``extra_args['distill']``."""
+        legacy = (record.get("extra_args") or {}).get("distill") or {}
+        return super().from_record({**record, **legacy})
