@@ -52,6 +52,7 @@ from obbslim.engine.trainer_utils import (
 from obbslim.errors import ObbslimError
 from obbslim.eval.metrics import fitness, validate
 from obbslim.model import build, check_anchors, ckpt_to_model, read_checkpoint, save
+from obbslim.model.pretrained import load_pretrained
 from obbslim.ops import poly2rbox
 from obbslim.options import TrainConfig
 from obbslim.utils.device import de_parallel, select_device
@@ -141,8 +142,11 @@ def train(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> dic
     epochs_done, stopped, signal}`` (``stopped``: None, 'signal', 'patience' or 'stop_after').
 
     ``model`` is a spec ('yolov5s-obb.yaml') or a checkpoint (.pt) whose stored architecture is kept
-    (a pruned model stays pruned). ``batch`` is the total over all DDP processes. ``stop_after`` ends
-    this invocation after that many epochs (the schedule still spans ``epochs``; ``resume`` continues).
+    (a pruned model stays pruned). ``pretrained`` (a YOLOv5 or obbslim checkpoint, or a state dict)
+    initialises every tensor of that model whose name and shape match (obbslim.model.pretrained); with a
+    checkpoint as ``model`` it also allows other classes (its architecture, a new head). ``batch`` is
+    the total over all DDP processes. ``stop_after`` ends this invocation after that many epochs (the
+    schedule still spans ``epochs``; ``resume`` continues).
     ``time_limit`` (hours) replaces ``epochs`` by the number that fits, re-estimated after every epoch.
     best.pt is the epoch with the highest OBB mAP50 (VOC07). ``callbacks``: see
     :mod:`obbslim.engine.callbacks`.
@@ -637,16 +641,26 @@ def _scan_data(cfg: TrainConfig, info: ddp.DistInfo, log: Callable) -> tuple[lis
 def _build_model(
     cfg: TrainConfig, ckpt: dict | None, names: list[str], hyp: dict, samples: list, log: Callable
 ) -> tuple[nn.Module, int]:
-    """From a spec, or a checkpoint whose stored architecture is kept (pruned stays pruned); autoanchor
-    for a fresh run. Returns the model and the image size (a multiple of its stride)."""
+    """From a spec, or a checkpoint whose stored architecture is kept (pruned stays pruned); on a fresh
+    run, the ``pretrained`` weights (every tensor whose name and shape match) and autoanchor. Returns the
+    model and the image size (a multiple of its stride)."""
     if ckpt is not None:
         net = ckpt_to_model(ckpt, ema=False, source=cfg.resume)
     elif str(cfg.model).endswith(".pt"):
-        net = ckpt_to_model(read_checkpoint(cfg.model), ema=True, source=cfg.model)
-        if net.nc != len(names):
-            raise ObbslimError(f"{cfg.model} predicts {net.nc} classes but the dataset has {len(names)}")
+        src = read_checkpoint(cfg.model)
+        if cfg.pretrained:  # that architecture with a head for these classes; the weights come below
+            net = build(src["arch"], len(names), names)
+        else:
+            net = ckpt_to_model(src, ema=True, source=cfg.model)
+            if net.nc != len(names):
+                raise ObbslimError(
+                    f"{cfg.model} predicts {net.nc} classes but the dataset has {len(names)} "
+                    f"(to fine-tune it on these classes: --pretrained {cfg.model})"
+                )
     else:
         net = build(cfg.model, len(names), names)
+    if ckpt is None and cfg.pretrained:  # a fresh run only, before autoanchor and the EMA copy
+        log(load_pretrained(net, cfg.pretrained).report())
     net.names = names
     gs = int(net.stride.max())
     imgsz = int(math.ceil(cfg.imgsz / gs) * gs)

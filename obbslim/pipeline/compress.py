@@ -49,7 +49,8 @@ def compress(*args: Any, **options: Any) -> dict[str, Any]:
     :class:`~obbslim.options.CompressConfig`.
 
     Exactly one of ``prune_ratio`` (fraction of prunable BN channels removed) and ``target_flops``
-    (fraction of the GFLOPs kept). ``teacher`` (a checkpoint) replaces the baseline training.
+    (fraction of the GFLOPs kept). ``pretrained`` initialises the baseline (train's ``pretrained``, e.g.
+    COCO yolov5s.pt). ``teacher`` (a checkpoint) replaces the baseline training.
     ``resume`` (a compress run dir, or True for the newest in ``project``) reruns with the stored
     options (only device, workers, verbose and threads may change); ``exist_ok`` reuses
     ``project/name`` with the options given. In both cases complete stages are skipped (see the module
@@ -103,6 +104,11 @@ def _check_args(o: CompressConfig) -> None:
             raise ObbslimError(f"--teacher {o.teacher}: expected a checkpoint .pt")
         if not Path(o.teacher).is_file():
             raise ObbslimError(f"--teacher {o.teacher}: file not found")
+    if o.pretrained is not None:
+        if o.teacher is not None:
+            raise ObbslimError("--pretrained initialises the baseline training, which --teacher skips")
+        if not Path(o.pretrained).is_file():
+            raise ObbslimError(f"--pretrained {o.pretrained}: file not found")
     if isinstance(o.data, (str, Path)) and not Path(o.data).is_file():
         raise ObbslimError(f"--data {o.data}: dataset YAML not found")
 
@@ -122,7 +128,7 @@ def _portable(o: CompressConfig, run_dir: Path) -> CompressConfig:
         hyp = run_dir / "hyp.yaml"
     paths = {
         k: None if v is None else str(Path(v).resolve())
-        for k, v in (("data", data), ("hyp", hyp), ("teacher", o.teacher))
+        for k, v in (("data", data), ("hyp", hyp), ("teacher", o.teacher), ("pretrained", o.pretrained))
     }
     model = o.model
     if str(model).endswith((".pt", ".yaml", ".yml")) and Path(model).is_file():
