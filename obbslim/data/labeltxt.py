@@ -130,7 +130,7 @@ def write_labeltxt(
             raise ValueError(f"labelTxt header value {str(v)!r} must be one printable word")
     for poly, name, d in zip(polys.tolist(), names, diff.tolist()):
         if not name or any(c.isspace() or not c.isprintable() for c in name):
-            raise ValueError(f"class name {name!r} must be non-empty, printable, without whitespace (use hyphens)")
+            raise ValueError(f"class name {name!r} must be non-empty, printable, no whitespace (use hyphens)")
         out.append(" ".join(map(_fmt, poly)) + f" {name} {d}")
     atomic_write_text(path, "".join(line + "\n" for line in out))
 

@@ -73,7 +73,11 @@ def _check_layer(r: Any, i: int, where: Where) -> None:
     nested = [r["ch"]] if "ch" in r else []
     nested += [r["m"]] if "m" in r else []
     for v in nested:
-        flat = [x for row in v for x in (row if isinstance(row, list) else [row])] if isinstance(v, list) else [v]
+        flat = (
+            [x for row in v for x in (row if isinstance(row, list) else [row])]
+            if isinstance(v, list)
+            else [v]
+        )
         if not all(_is_int(x) and 0 < x <= MAX_WIDTH for x in flat):
             raise bad_field(where, f, f"expected positive integer widths, got {v!r}")
     if r["type"] == "Upsample":
@@ -113,7 +117,9 @@ def check_arch(arch: Any, where: Where = None) -> None:
 
 
 def _check_state_dict(sd: Any, field: str, where: Where) -> None:
-    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+    if not isinstance(sd, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
+    ):
         raise bad_field(where, field, "expected a state dict (parameter name -> tensor)")
 
 
@@ -176,4 +182,6 @@ def check_shapes(model: nn.Module, sd: dict, field: str, where: Where = None) ->
     for k, shape in expected.items():
         if tuple(sd[k].shape) != shape:
             got = tuple(sd[k].shape)
-            raise bad_field(where, f"{field}[{k!r}]", f"shape {got} does not match the architecture record {shape}")
+            raise bad_field(
+                where, f"{field}[{k!r}]", f"shape {got} does not match the architecture record {shape}"
+            )

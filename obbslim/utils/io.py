@@ -134,7 +134,9 @@ def claim_run_dir(path: str | Path, exist_ok: bool = False) -> Path:
             n += 1
 
 
-def open_run_dir(path: str | Path, exist_ok: bool = False, log: Callable[[str], None] | None = None) -> RunLock:
+def open_run_dir(
+    path: str | Path, exist_ok: bool = False, log: Callable[[str], None] | None = None
+) -> RunLock:
     """Claim a run folder (:func:`claim_run_dir`) and take its lock: ``with open_run_dir(p) as lock:``
     (``lock.folder`` is the folder). A folder another live run holds raises ``RunLockedError``."""
     return RunLock(claim_run_dir(path, exist_ok), log=log)

@@ -48,7 +48,11 @@ def holder_info() -> dict:
 def describe_holder(info: dict) -> str:
     if not info:
         return "another process (it has not written its details yet)"
-    me = " (this process)" if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname() else ""
+    me = (
+        " (this process)"
+        if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname()
+        else ""
+    )
     cmd = f", command: {info['command']}" if info.get("command") else ""
     return f"pid {info.get('pid')}{me} on {info.get('host')}, started {info.get('started')}{cmd}"
 
