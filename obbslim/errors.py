@@ -27,6 +27,9 @@ class RunLockedError(ObbslimError):
     """Another live run holds the run folder's lock."""
 
 
+# a full or read-only disk: no point going on with the next image, the next epoch...
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
+
 _OS_HINTS = {
     errno.ENOSPC: "the disk is full: free some space or write elsewhere",
     errno.EROFS: "the file system is read-only: write elsewhere",
