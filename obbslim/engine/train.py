@@ -56,7 +56,7 @@ from obbslim.model import build, check_anchors, ckpt_to_model, read_checkpoint, 
 from obbslim.ops import poly2rbox
 from obbslim.options import TrainConfig
 from obbslim.utils.device import de_parallel, select_device
-from obbslim.utils.io import claim_run_dir, increment_path
+from obbslim.utils.io import claim_run_dir, increment_path, run_path
 from obbslim.utils.lock import RunLock
 
 MAX_BAD_STEPS = 10  # consecutive NaN/inf losses before training stops
@@ -548,7 +548,7 @@ def build_state(
     cfg, ckpt, save_dir = _resolve_run(cfg, callbacks, log)
     if info.main:
         if ckpt is None:  # created atomically: two runs started together get exp and exp2
-            save_dir = claim_run_dir(Path(cfg.project) / cfg.name, cfg.exist_ok)
+            save_dir = claim_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok)
         if locks is not None:  # a second run into this folder stops here, before writing anything
             locks.enter_context(RunLock(save_dir, log=log))
         (save_dir / "weights").mkdir(parents=True, exist_ok=True)
@@ -609,7 +609,7 @@ def _resolve_run(
     if not cfg.resume:
         if not cfg.data:
             raise ObbslimError("a dataset is required: --data DATA.yaml (or --resume RUN)")
-        return cfg, None, increment_path(Path(cfg.project) / cfg.name, cfg.exist_ok)
+        return cfg, None, increment_path(run_path(cfg.project, cfg.name), cfg.exist_ok)
     last = find_resume_checkpoint(cfg.resume, cfg.project)
     ckpt = read_checkpoint(last)
     if "train_args" not in ckpt:

@@ -32,7 +32,7 @@ from obbslim.inference.detector import Detector
 from obbslim.model import load
 from obbslim.options import ValConfig
 from obbslim.utils.device import select_device
-from obbslim.utils.io import atomic_write_text, open_run_dir
+from obbslim.utils.io import atomic_write_text, open_run_dir, run_path
 from obbslim.utils.names import check_names
 
 
@@ -89,7 +89,7 @@ def val(*args: Any, detector: Any = None, **options: Any) -> dict[str, Any]:
     speed_ms, n_images, json (what --json writes)}`` and, with ``full_images``, ``task1_dir``.
     """
     cfg = ValConfig.of(*args, **options)
-    with open_run_dir(Path(cfg.project) / cfg.name, cfg.exist_ok) as lock:  # this run's until it ends
+    with open_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok) as lock:  # this run's until it ends
         return _val(cfg, lock.folder, detector)
 
 

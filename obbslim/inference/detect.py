@@ -27,7 +27,7 @@ from obbslim.data.show import draw_rboxes
 from obbslim.errors import InputError
 from obbslim.inference.detector import Detector
 from obbslim.options import DetectConfig
-from obbslim.utils.io import atomic_imwrite, atomic_write_text, open_run_dir
+from obbslim.utils.io import atomic_imwrite, atomic_write_text, open_run_dir, run_path
 from obbslim.utils.lock import RunLock
 from obbslim.utils.names import check_image_id, check_name, check_names, safe_join
 
@@ -127,7 +127,7 @@ def detect(*args: Any, detector: Detector | None = None, **options: Any) -> dict
     run_dir = None
     with ExitStack() as locks:  # the output folders are this run's until it ends
         if cfg.save_img or cfg.save_txt:
-            run_dir = locks.enter_context(open_run_dir(Path(cfg.project) / cfg.name, cfg.exist_ok)).folder
+            run_dir = locks.enter_context(open_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok)).folder
             (run_dir / "labels" if cfg.save_txt else run_dir).mkdir(parents=True, exist_ok=True)
         if cfg.save_dota is not None and not _same_folder(run_dir, cfg.save_dota):
             locks.enter_context(RunLock(cfg.save_dota, clean_depth=1))

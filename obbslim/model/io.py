@@ -91,6 +91,8 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
             warnings.simplefilter("ignore")  # torch's notes on the pickle protocol
             ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError:
+        if _head(path) not in (b"PK\x03\x04", b"\x80"):  # random bytes can look like pickle opcodes
+            raise ObbslimError(f"{path}: not an obbslim checkpoint: {_what_file(path)}") from None
         raise ObbslimError(
             f"{path}: not an obbslim checkpoint: it holds pickled Python objects (classes, modules), which "
             "are never loaded since loading them can run code (obbslim checkpoints are plain data; a YOLOv5 "
@@ -102,18 +104,29 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return ckpt
 
 
+def _head(path: Path) -> bytes:
+    """The zip signature (PK..) of a torch archive, the PROTO opcode (0x80) of a pickle, or other bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return b""
+    return head if head == b"PK\x03\x04" else head[:1]
+
+
 def _what_file(path: Path) -> str:
     """What a file torch cannot load looks like, in a few words."""
     try:
         size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(4)
     except OSError as e:
         return f"unreadable ({e.strerror or e})"
+    head = _head(path)
     if size == 0:
         return "the file is empty (0 bytes)"
     if head == b"PK\x03\x04":
         return f"a truncated or damaged PyTorch archive ({size} bytes)"
+    if head == b"\x80":
+        return f"a damaged or foreign pickle ({size} bytes)"
     return f"not a PyTorch file ({size} bytes of something else)"
 
 

@@ -29,7 +29,7 @@ from obbslim.options import CompressConfig
 from obbslim.options.train import SPARSITY_WEIGHTINGS
 from obbslim.pipeline.report import write_report
 from obbslim.pipeline.stages import SPECS, Context, Stage
-from obbslim.utils.io import atomic_write_text, claim_run_dir
+from obbslim.utils.io import atomic_write_text, claim_run_dir, run_path
 from obbslim.utils.lock import RunLock
 
 ARGS_FILE = "compress.json"
@@ -62,7 +62,7 @@ def compress(*args: Any, **options: Any) -> dict[str, Any]:
         run_dir = _find_run(cfg.resume, cfg.project)
     else:
         _check_args(cfg)
-        run_dir = claim_run_dir(Path(cfg.project) / cfg.name, cfg.exist_ok)
+        run_dir = claim_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok)
     with RunLock(run_dir, log=print if cfg.verbose else None):  # this run's until it ends
         return _compress(cfg, run_dir)
 

@@ -102,6 +102,12 @@ def atomic_imwrite(path: str | Path, img: np.ndarray, params: list[int] | tuple[
     return path
 
 
+def run_path(project: str | Path, name: str) -> Path:
+    """``project / name`` for a run folder; ``name`` must obey the name rule (``utils.names``), so
+    ``--name ../../x`` cannot put a run outside ``--project``."""
+    return Path(project) / check_name(name, "run name")
+
+
 def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
     """runs/train/exp -> runs/train/exp2, exp3, ... unless exist_ok (then the path itself). The last
     part (the run name) must obey the name rule (:mod:`obbslim.utils.names`)."""
@@ -152,4 +158,5 @@ __all__ = [
     "claim_run_dir",
     "increment_path",
     "open_run_dir",
+    "run_path",
 ]
