@@ -334,3 +334,12 @@ def test_broken_image_links_are_reported_by_split(tmp_path):
     s = split_dataset(src, tmp_path / "out", size=64, gap=16, workers=1, progress=False)
     assert s["images"] == 1 and len(s["failed"]) == 1
     assert s["failed"][0][0].endswith("P1.png") and "broken symbolic link" in s["failed"][0][1]
+
+
+def test_the_standalone_runner_checks_imgsz_against_the_graph(onnx64, tmp_path):
+    from obbslim.deploy import standalone
+
+    assert standalone.Detector(str(onnx64)).imgsz == (64, 64)
+    for raw in ({"imgsz": "[100000, 100000]"}, {"imgsz": "[128, 128]"}, {"names": '["a"'}, {"half": "1"}):
+        with pytest.raises(ValueError, match="metadata"):
+            standalone.Detector(str(with_meta(onnx64, tmp_path / "bad.onnx", **raw)))
