@@ -115,12 +115,12 @@ def detect(*args: Any, detector: Detector | None = None, **options: Any) -> dict
     """
     cfg = DetectConfig.of(*args, **options)
     files = list_sources(cfg.source)
+    if cfg.save_dota is not None or cfg.save_img or cfg.save_txt:
+        check_stems(files, task1=cfg.save_dota is not None)
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
         tile=cfg.tile, gap=cfg.gap, half=cfg.half, batch=cfg.batch,
     )  # fmt: skip
-    if cfg.save_dota is not None or cfg.save_img or cfg.save_txt:
-        check_stems(files, task1=cfg.save_dota is not None)
     if cfg.save_dota is not None:  # class names become Task1_<name>.txt: checked before any work
         check_names(det.names, "class name", None if detector else cfg.weights)
     det.reset_times()

@@ -117,6 +117,9 @@ class RunLock:
             os.ftruncate(self.fd, 0)
             os.lseek(self.fd, 0, os.SEEK_SET)
             os.write(self.fd, data)
+        except OSError as e:  # a full disk: say which file
+            self.release()
+            raise type(e)(e.errno, e.strerror, str(self.path)) from None
         except BaseException:
             self.release()
             raise
