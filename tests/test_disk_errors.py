@@ -148,10 +148,10 @@ def test_each_os_error_is_one_line_naming_the_path(work, tmp_path, monkeypatch, 
     else:
         real_mkstemp = __import__("tempfile").mkstemp
 
-        def mkstemp(*a, dir=None, **k):
+        def mkstemp(*a, dir=None, prefix="", suffix="", **k):
             if dir is not None and str(dir).startswith(str(out)):
-                raise PermissionError(err, os.strerror(err), str(Path(dir) / "tmpXXXX"))
-            return real_mkstemp(*a, dir=dir, **k)
+                raise PermissionError(err, os.strerror(err), str(Path(dir) / f"{prefix}abcd1234{suffix}"))
+            return real_mkstemp(*a, dir=dir, prefix=prefix, suffix=suffix, **k)
 
         monkeypatch.setattr("obbslim.utils.io.tempfile.mkstemp", mkstemp)
     rc = main(["detect", "--weights", str(OLD), "--source", str(dota / "images"), "--imgsz", "64",
@@ -159,6 +159,7 @@ def test_each_os_error_is_one_line_naming_the_path(work, tmp_path, monkeypatch, 
     got = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in got and len(got.strip().splitlines()) == 1
     assert os.strerror(err) in got and text in got and str(tmp_path / "ro") in got
+    assert ".tmp" not in got  # the target is named, not the temp file
     assert leftovers(tmp_path) == [] and not list(tmp_path.rglob("Task1_*"))
 
 

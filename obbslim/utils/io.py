@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from obbslim.errors import ObbslimError
-from obbslim.utils.lock import RunLock
+from obbslim.utils.lock import TEMP_RE, RunLock
 from obbslim.utils.names import check_name
 
 
 def _with_path(e: OSError, path: Path) -> OSError:
-    """The same error (same class and errno) naming ``path`` when it names no file yet."""
-    if e.filename is not None:
+    """The same error (same class and errno) naming the target ``path`` when it names no file or only
+    the temp file (a folder that cannot be created keeps its own name)."""
+    if e.filename is not None and not TEMP_RE.match(os.path.basename(str(e.filename))):
         return e
     try:
         return type(e)(e.errno, e.strerror or str(e), str(path))
