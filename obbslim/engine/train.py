@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -56,7 +57,8 @@ from obbslim.model.pretrained import load_pretrained
 from obbslim.ops import poly2rbox
 from obbslim.options import TrainConfig
 from obbslim.utils.device import de_parallel, select_device
-from obbslim.utils.io import increment_path
+from obbslim.utils.io import claim_run_dir, increment_path, run_path
+from obbslim.utils.lock import RunLock
 
 MAX_BAD_STEPS = 10  # consecutive NaN/inf losses before training stops
 LOSS_KEYS = ("box", "obj", "cls", "theta")
@@ -157,9 +159,9 @@ def train(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> dic
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     ddp.init(info, dev)
-    try:
-        with StopRequest() as stop:  # from here on SIGINT/SIGTERM stop cleanly at the next step
-            return fit(build_state(cfg, list(callbacks), info, dev), stop)
+    try:  # from here on SIGINT/SIGTERM stop cleanly at the next step; the run folder is locked until the end
+        with StopRequest() as stop, ExitStack() as locks:
+            return fit(build_state(cfg, list(callbacks), info, dev, locks), stop)
     finally:
         ddp.cleanup(info)
 
@@ -536,14 +538,23 @@ def _until_stopped(batches, stop: StopRequest):
 
 
 def build_state(
-    cfg: TrainConfig, callbacks: list[Callback], info: ddp.DistInfo, dev: torch.device
+    cfg: TrainConfig,
+    callbacks: list[Callback],
+    info: ddp.DistInfo,
+    dev: torch.device,
+    locks: ExitStack | None = None,
 ) -> TrainState:
     """Everything before the first batch, in the order exact resume relies on: the options (the stored
     ones when resuming), seeds, data, model, optimizer, EMA, trainable callback, restored state, loss,
-    the callbacks' ``before_train``, SyncBN/DDP, loaders, the run folder."""
+    the callbacks' ``before_train``, SyncBN/DDP, loaders, the run folder. The run folder's lock
+    (``utils.lock``) goes on ``locks``, which the caller closes when the run ends."""
     log = print if (info.main and cfg.verbose) else (lambda *a, **k: None)
     cfg, ckpt, save_dir = _resolve_run(cfg, callbacks, log)
     if info.main:
+        if ckpt is None:  # created atomically: two runs started together get exp and exp2
+            save_dir = claim_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok)
+        if locks is not None:  # a second run into this folder stops here, before writing anything
+            locks.enter_context(RunLock(save_dir, log=log))
         (save_dir / "weights").mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed + 1 + max(info.rank, 0))
     hyp = load_hyp(ckpt["hyp"] if ckpt else cfg.hyp)  # an older checkpoint may lack newer keys
@@ -602,7 +613,7 @@ def _resolve_run(
     if not cfg.resume:
         if not cfg.data:
             raise ObbslimError("a dataset is required: --data DATA.yaml (or --resume RUN)")
-        return cfg, None, increment_path(Path(cfg.project) / cfg.name, cfg.exist_ok)
+        return cfg, None, increment_path(run_path(cfg.project, cfg.name), cfg.exist_ok)
     last = find_resume_checkpoint(cfg.resume, cfg.project)
     ckpt = read_checkpoint(last)
     if "train_args" not in ckpt:

@@ -27,12 +27,13 @@ from obbslim.errors import InputError, ObbslimError
 from obbslim.eval.dota import evaluate_dota
 from obbslim.eval.metrics import IOU_THRS, pr_at_best_f1, validate
 from obbslim.eval.plots import plot_pr_curves
-from obbslim.inference.detect import list_sources, write_dota
+from obbslim.inference.detect import check_stems, list_sources, write_dota
 from obbslim.inference.detector import Detector
 from obbslim.model import load
 from obbslim.options import ValConfig
 from obbslim.utils.device import select_device
-from obbslim.utils.io import atomic_write_text, increment_path
+from obbslim.utils.io import atomic_write_text, open_run_dir, run_path
+from obbslim.utils.names import check_names
 
 
 def metric_rows(res07: dict, res12: list[dict], classes: list[str]) -> dict[str, dict[str, float]]:
@@ -88,8 +89,11 @@ def val(*args: Any, detector: Any = None, **options: Any) -> dict[str, Any]:
     speed_ms, n_images, json (what --json writes)}`` and, with ``full_images``, ``task1_dir``.
     """
     cfg = ValConfig.of(*args, **options)
-    run_dir = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with open_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok) as lock:  # this run's until it ends
+        return _val(cfg, lock.folder, detector)
+
+
+def _val(cfg: ValConfig, run_dir: Path, detector: Any) -> dict[str, Any]:
     if cfg.full_images is not None:
         out = _val_full_images(cfg, run_dir, detector)
     elif cfg.data is None:
@@ -157,10 +161,12 @@ def _val_full_images(cfg: ValConfig, run_dir: Path, detector: Any) -> dict:
         if not p.is_dir():
             raise InputError("--full-images needs images/ and labelTxt/ folders; missing", p)
     files = list_sources(img_dir)
+    check_stems(files, task1=True)  # image ids of Task1 lines: no whitespace, before any work
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
         tile=cfg.imgsz, gap=cfg.gap, half=cfg.half, batch=cfg.batch, multi_label=True,
     )  # fmt: skip
+    check_names(det.names, "class name", None if detector else cfg.weights)
     det.reset_times()
     results = []
     chunk = max(det.batch // 4, 1)  # a large image makes many windows already

@@ -11,7 +11,9 @@ Outputs (under ``project/name``, created only when something is saved):
 from __future__ import annotations
 
 import glob
+import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -25,11 +27,14 @@ from obbslim.data.show import draw_rboxes
 from obbslim.errors import InputError
 from obbslim.inference.detector import Detector
 from obbslim.options import DetectConfig
-from obbslim.utils.io import atomic_write_text, increment_path
+from obbslim.utils.io import atomic_imwrite, atomic_write_text, open_run_dir, run_path
+from obbslim.utils.lock import RunLock
+from obbslim.utils.names import check_image_id, check_name, check_names, safe_join
 
 
 def list_sources(source: str | Path | Sequence[str | Path]) -> list[str]:
-    """Image paths from a file, a folder (not recursive), a glob, or a list of those; sorted, unique."""
+    """Image paths from a file, a folder (not recursive), a glob, or a list of those; sorted, unique.
+    A broken symbolic link among them is an ``InputError`` naming it (never skipped silently)."""
     if not isinstance(source, (str, Path)):
         return sorted({f for s in source for f in list_sources(s)})
     text = str(source)
@@ -37,16 +42,40 @@ def list_sources(source: str | Path | Sequence[str | Path]) -> list[str]:
         files = [f for f in glob.glob(text, recursive=True) if Path(f).suffix.lower() in IMG_FORMATS]
         if not files:
             raise InputError("no images match this pattern", text)
-        return sorted(set(files))
+        return _no_broken_links(sorted(set(files)))
     p = Path(text)
     if p.is_dir():
-        files = [str(q) for q in sorted(p.iterdir()) if q.suffix.lower() in IMG_FORMATS and q.is_file()]
+        files = [str(q) for q in sorted(p.iterdir())
+                 if q.suffix.lower() in IMG_FORMATS and (q.is_file() or q.is_symlink())]  # fmt: skip
         if not files:
             raise InputError(f"no images ({', '.join(IMG_FORMATS)}) in this folder", p)
-        return files
+        return _no_broken_links(files)
+    if p.is_symlink():
+        _no_broken_links([text])
     if p.is_file():
         return [str(p)]
     raise InputError("no such image, folder or pattern", p)
+
+
+def _no_broken_links(files: list[str]) -> list[str]:
+    for f in files:
+        if os.path.islink(f) and not os.path.exists(f):
+            raise InputError(f"broken symbolic link (to {os.readlink(f)})", f)
+    return files
+
+
+def check_stems(files: Sequence[str], task1: bool) -> None:
+    """Image stems become output file names and, with ``task1``, the first field of Task1 lines: refuse
+    unsafe names (and whitespace for Task1) before any image is processed (``utils.names``)."""
+    for f in files:
+        if task1:
+            check_image_id(Path(f).stem, f)
+        else:
+            check_name(Path(f).stem, "image file name", f)
+
+
+def _same_folder(a: Path | None, b: str | Path) -> bool:
+    return a is not None and Path(b).is_dir() and os.path.samefile(a, b)
 
 
 def task1_records(dets: Iterable[tuple[str, Any]], names: Sequence[str]) -> dict[str, list]:
@@ -86,19 +115,26 @@ def detect(*args: Any, detector: Detector | None = None, **options: Any) -> dict
     """
     cfg = DetectConfig.of(*args, **options)
     files = list_sources(cfg.source)
+    if cfg.save_dota is not None or cfg.save_img or cfg.save_txt:
+        check_stems(files, task1=cfg.save_dota is not None)
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
         tile=cfg.tile, gap=cfg.gap, half=cfg.half, batch=cfg.batch,
     )  # fmt: skip
+    if cfg.save_dota is not None:  # class names become Task1_<name>.txt: checked before any work
+        check_names(det.names, "class name", None if detector else cfg.weights)
     det.reset_times()
     run_dir = None
-    if cfg.save_img or cfg.save_txt:
-        run_dir = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
-        (run_dir / "labels" if cfg.save_txt else run_dir).mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    results = _detect_files(det, files, cfg, run_dir)
-    if cfg.save_dota is not None:
-        write_dota([(Path(f).stem, d) for f, d in results], det.names, cfg.save_dota)
+    with ExitStack() as locks:  # the output folders are this run's until it ends
+        if cfg.save_img or cfg.save_txt:
+            run_dir = locks.enter_context(open_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok)).folder
+            (run_dir / "labels" if cfg.save_txt else run_dir).mkdir(parents=True, exist_ok=True)
+        if cfg.save_dota is not None and not _same_folder(run_dir, cfg.save_dota):
+            locks.enter_context(RunLock(cfg.save_dota, clean_depth=1))
+        t0 = time.perf_counter()
+        results = _detect_files(det, files, cfg, run_dir)
+        if cfg.save_dota is not None:
+            write_dota([(Path(f).stem, d) for f, d in results], det.names, cfg.save_dota)
     per_class: dict[str, int] = {}
     for _, d in results:
         for lab in d.labels:
@@ -136,9 +172,9 @@ def _detect_files(det: Detector, files: list[str], cfg: DetectConfig, run_dir: P
                 out = draw_rboxes(cv2.imread(f, cv2.IMREAD_COLOR), d.rboxes, d.cls, det.names, d.scores)
                 ext = Path(f).suffix.lower()
                 ext = ext if ext in (".jpg", ".jpeg", ".png") else ".jpg"
-                cv2.imwrite(str(run_dir / f"{stem}{ext}"), out)
+                atomic_imwrite(safe_join(run_dir, f"{stem}{ext}"), out)
             if cfg.save_txt:
-                write_txt(run_dir / "labels" / f"{stem}.txt", d)
+                write_txt(safe_join(run_dir / "labels", f"{stem}.txt"), d)
         bar.update(len(chunk))
         bar.set_postfix_str(f"{sum(len(d) for _, d in results)} det")
     bar.close()

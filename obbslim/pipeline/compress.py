@@ -29,7 +29,8 @@ from obbslim.options import CompressConfig
 from obbslim.options.train import SPARSITY_WEIGHTINGS
 from obbslim.pipeline.report import write_report
 from obbslim.pipeline.stages import SPECS, Context, Stage
-from obbslim.utils.io import atomic_write_text, increment_path
+from obbslim.utils.io import atomic_write_text, claim_run_dir, run_path
+from obbslim.utils.lock import RunLock
 
 ARGS_FILE = "compress.json"
 MARKER = "stage.json"
@@ -60,12 +61,18 @@ def compress(*args: Any, **options: Any) -> dict[str, Any]:
     cfg = CompressConfig.of(*args, **options)
     if cfg.resume:
         run_dir = _find_run(cfg.resume, cfg.project)
+    else:
+        _check_args(cfg)
+        run_dir = claim_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok)
+    with RunLock(run_dir, log=print if cfg.verbose else None):  # this run's until it ends
+        return _compress(cfg, run_dir)
+
+
+def _compress(cfg: CompressConfig, run_dir: Path) -> dict[str, Any]:
+    if cfg.resume:
         stored = CompressConfig.from_record(json.loads((run_dir / ARGS_FILE).read_text()))
         cfg = stored.replace(**{k: getattr(cfg, k) for k in CompressConfig.runtime_names()})
     else:
-        _check_args(cfg)
-        run_dir = increment_path(Path(cfg.project) / cfg.name, cfg.exist_ok)
-        run_dir.mkdir(parents=True, exist_ok=True)
         cfg = _portable(cfg, run_dir)
         atomic_write_text(run_dir / ARGS_FILE, json.dumps(cfg.to_record(), indent=2) + "\n")
     pipe = _Pipeline(run_dir, cfg)
