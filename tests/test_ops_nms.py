@@ -106,12 +106,12 @@ def test_batched_is_per_class(seed):
     np.testing.assert_array_equal(np.sort(got_t.numpy()), np.sort(ref))
 
 
-@pytest.mark.parametrize("grid_rounds", [0, 2, 32])
-def test_long_suppression_chain_uses_fallbacks(monkeypatch, grid_rounds):
+@pytest.mark.parametrize("block0", [1, 3, 1024])
+def test_long_suppression_chain_uses_fallbacks(monkeypatch, block0):
     # boxes in a row, each overlapping the next with IoU 0.6, scores falling along the row: greedy
     # keeps every other box; the chain is longer than the vectorised round limits, so every stage
-    # (grid rounds, candidate-pair rounds, edge resolution, sequential loop) gets used
-    monkeypatch.setattr(nms_mod, "_GRID_ROUNDS", grid_rounds)
+    # (blocks against kept boxes, lazy rounds, edge resolution, sequential loop) gets used
+    monkeypatch.setattr(nms_mod, "_BLOCK0", block0)
     monkeypatch.setattr(nms_mod, "_LAZY_ROUNDS", 3)
     monkeypatch.setattr(nms_mod, "_MAX_ROUNDS", 4)
     n = 40
@@ -136,7 +136,7 @@ def test_30000_boxes_in_chunks(monkeypatch):
     # 15,000 grid cells with a box and a slightly shifted lower-scored duplicate: keep exactly the
     # first of each pair. Small chunks prove that no N x N matrix is needed.
     monkeypatch.setattr(iou_mod, "CHUNK_PAIRS", 4096)
-    monkeypatch.setattr(nms_mod, "CHUNK_PAIRS", 4096)
+    monkeypatch.setattr(nms_mod, "PAIR_BUDGET", 4096)
     rng = np.random.default_rng(0)
     g = np.stack(np.meshgrid(np.arange(150), np.arange(100)), -1).reshape(-1, 2) * 50.0
     a = np.c_[

@@ -1,25 +1,37 @@
-"""Greedy rotated NMS with exact IoU, without O(N^2) memory.
+"""Greedy rotated NMS with exact IoU, in memory linear in the number of boxes.
 
-Same result as the textbook loop (take the best remaining box, drop every box whose IoU with it is
-> iou_thr; ties in score keep input order), computed in vectorised rounds over all boxes at once:
+The result is the textbook loop's: take the best remaining box, drop every box whose IoU with it is
+> iou_thr; ties in score keep input order (per group for batched NMS). It is computed on all boxes
+at once, in score-ordered blocks (256 boxes first, doubling up to _BLOCK_MAX):
 
-1. a uniform grid with cells as wide as the largest circumscribed-circle diameter: a box can only be
-   suppressed by boxes in its 3x3 cells. Each round takes the best undecided box of every cell and
-   keeps it unless a better undecided box in its 3x3 cells could still suppress it (circles overlap
-   and areas allow IoU > iou_thr); each kept box is tested at once against the worse undecided boxes
-   there, removing those with IoU > iou_thr. A round tests at most 9 N pairs (one box per cell).
-2. each test first applies the circumscribed-circle distance and min(area)/max(area) > iou_thr, then
-   cheap rigorous IoU bounds (projection overlap above, inscribed rectangle below), and computes the
-   exact intersection (_rect_inter, rectangle by rectangle) only when the bounds straddle iou_thr.
-3. long decision chains (more than _GRID_ROUNDS rounds, or rounds that decide under 30% of the
-   undecided boxes, typical of spread-out boxes) go to a candidate-pair method: all pairs
-   that pass the circle test (built in chunks from the grid), resolved lazily in rounds, and finally
-   by a sequential loop over the remaining suppression edges.
+1. every box of the block is tested against the kept boxes (all of them better) that could overlap
+   it, and those with IoU > iou_thr go at once: in a dense scene nearly all low-score boxes end here,
+   after a few tests each against the few kept boxes around them;
+2. the survivors are resolved among themselves by greedy NMS over their candidate pairs, with IoU
+   computed only where the greedy order needs it (pairs whose better box is kept).
+After a block the kept set is final up to its last box, so ``max_keep`` stops as soon as enough are.
+
+Candidate pairs come from a grid with one level per power of two of box size: a box whose
+circumscribed circle has diameter d sits at level l = ceil(log2(d / s0)) in cells of side s0 2^l,
+so two boxes that overlap lie in the same or adjacent cells at the larger box's level (a few huge
+boxes do not coarsen the cells of the many small ones). A pair is then tested from cheap to exact:
+same group; circumscribed circles overlap; IoU > t needs an intersection > t / (1 + t) (a_i + a_j),
+and the intersection lies inside both axis-aligned bounding boxes and is at most min(a_i, a_j);
+rigorous IoU bounds (_Boxes.suppress); the exact intersection (_rect_inter) only when those
+bounds straddle iou_thr.
+
+Memory: pairs are built, filtered and tested in chunks of at most PAIR_BUDGET raw pairs, and the
+pairs a block keeps for step 2 never exceed PAIR_BUDGET (a block whose survivors would need more is
+cut short; the rest goes to the next block). Peak memory is therefore O(N) + O(PAIR_BUDGET): about
+0.3 KB per box plus a fixed ~0.35 GB at most for the chunks, however much the boxes overlap.
+Time is not bounded the same way: boxes that overlap each other without suppressing (IoU <=
+iou_thr) are all kept, and every such pair is still tested once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -29,93 +41,175 @@ from obbslim.ops.iou import CHUNK_PAIRS, THIN
 
 __all__ = ["nms_rotated", "batched_nms_rotated"]
 
+PAIR_BUDGET = 4 * CHUNK_PAIRS  # raw candidate pairs built at once (~150 B each while filtered)
+_BLOCK0 = 1024  # boxes in the first block; blocks double after each one
+_BLOCK_MAX = 16384  # largest block
 _MAX_ROUNDS = 48  # vectorised rounds before the remaining chains are finished by a loop
-_LAZY_ROUNDS = 24  # lazy-IoU rounds before the remaining pairs are evaluated at once
-_GRID_ROUNDS = 32  # grid rounds before the remaining boxes go to the candidate-pair method
-_GRID_MIN_PROGRESS = 0.7  # ... or as soon as a round leaves more than this fraction undecided
+_LAZY_ROUNDS = 4  # lazy-IoU rounds before the remaining pairs are evaluated at once
 
 
-def _grid_keys(r: torch.Tensor, rad: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Cell key (group, row, column) of each box and the row stride; columns and rows are padded by 1.
+class _Grid:
+    """Sort keys of all boxes (in score order) for range queries.
 
-    Cells are as wide as the largest circumscribed-circle diameter (at least 1e-6 of the extent, so
-    keys fit in int64), hence boxes that overlap lie in the same or adjacent cells.
+    Boxes are grouped in levels by circumscribed diameter d: level l holds s0 2^(l-1) < d <= s0 2^l
+    (level 0: d <= s0), with s0 the smallest diameter (at least 2^-14 of the extent, so that keys fit
+    in int64). Within a level, boxes are sorted by row (height s0 2^l / 2) then by x (in steps of
+    1/16 of that), so the boxes of a row whose centre x lies in an interval are one contiguous range.
+    Key: ((group L + level) R + row) X + column, rows and columns padded by one.
     """
-    x, y = r[:, 0], r[:, 1]
-    extent = float(torch.maximum(x.max() - x.min(), y.max() - y.min()))
-    cell = max(float(2 * rad.max()), extent * 1e-6)
-    if not cell > 0:
-        cell = 1.0
-    gx = torch.floor((x - x.min()) / cell).long() + 1
-    gy = torch.floor((y - y.min()) / cell).long() + 1
-    Wg = int(gx.max()) + 2
-    return (groups.long() * (int(gy.max()) + 2) + gy) * Wg + gx, Wg
+
+    def __init__(self, r: torch.Tensor, groups: torch.Tensor, geo: torch.Tensor) -> None:
+        self.geo = geo
+        self.g64 = geo.detach().double()  # (x, y, radius, area, ex, ey) for the range arithmetic
+        x, y = self.g64[:, 0], self.g64[:, 1]
+        d = torch.sqrt(r[:, 2].double() ** 2 + r[:, 3].double() ** 2)
+        self.x0, self.y0 = float(x.min()), float(y.min())
+        sx, sy = float(x.max()) - self.x0, float(y.max()) - self.y0
+        extent = max(sx, sy, float(d.max()))
+        s0 = max(float(d.min()), extent * 2.0**-14)
+        self.s0 = s0 if math.isfinite(s0) and s0 > 0 else 1.0
+        lv = torch.ceil(torch.log2((d / self.s0).clamp_min(1.0))).long()
+        lv += (d > self.s0 * torch.exp2(lv.double())).long()  # log2 rounding, both ways
+        lv -= ((lv > 0) & (d <= self.s0 * torch.exp2(lv.double() - 1))).long()
+        self.level = lv
+        self.L = int(lv.max()) + 1
+        self.R = int(sy / (self.s0 / 2)) + 3
+        self.X = int(sx / (self.s0 / 16)) + 3
+        self.base = groups.long() * self.L + lv  # key = (base R + row) X + column
+        h = self.s0 * torch.exp2(lv.double()) / 2
+        row = self.rows(y, h)
+        self.key = (self.base * self.R + row) * self.X + self.cols(x, h / 8)
+
+    def rows(self, y: torch.Tensor, h: torch.Tensor | float) -> torch.Tensor:
+        return (torch.floor((y - self.y0) / h) + 1).clamp(0, self.R - 1).long()
+
+    def cols(self, x: torch.Tensor, u: torch.Tensor | float) -> torch.Tensor:
+        return (torch.floor((x - self.x0) / u) + 1).clamp(0, self.X - 1).long()
 
 
-def _sorted_grid(r: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per box (x, y, circumscribed radius, area) [N,4], grid key, the row stride, and the keys sorted."""
+class _Index:
+    """A set of boxes (global indices in score order, ascending) sorted by key, with per-level bounds
+    of their bounding-box half extents and areas."""
+
+    def __init__(self, grid: _Grid, members: torch.Tensor) -> None:
+        self.grid = grid
+        self.members = members
+        self.skey, o = torch.sort(grid.key[members], stable=True)
+        self.sidx = members[o]  # members in key order (score order among equal keys)
+        lv = grid.level[members]
+        g = grid.g64[members]
+        L, dev = grid.L, members.device
+        z = torch.zeros(L, dtype=torch.float64, device=dev)
+        stats = torch.stack(
+            (
+                z.scatter_reduce(0, lv, g[:, 4], "amax"),
+                z.scatter_reduce(0, lv, g[:, 5], "amax"),
+                z.scatter_reduce(0, lv, g[:, 3], "amax"),
+                torch.full_like(z, math.inf).scatter_reduce(0, lv, g[:, 3], "amin"),
+            )
+        )
+        present = torch.unique(lv)
+        # per level present: (level, max ex, max ey, max area, min area)
+        self.levels = (present, *stats[:, present].unbind(0))
+
+    def ranges(self, q: torch.Tensor | None, iou_thr: float) -> tuple[torch.Tensor, ...]:
+        """Ranges (owner, start, count) of this index's boxes that boxes q might suppress or be
+        suppressed by: per level of this index, the rows and the x interval where a partner's centre
+        must lie for the bounding boxes to overlap enough (IoU > t needs an overlap of at least
+        t / (1 + t) (a_q + a_min) / (2 min(ey_q, ey_max)) along x, likewise along y).
+
+        q None: this index's own members, each unordered pair given once (from the smaller level,
+        or within a level from the earlier box in key order). Queries in key order run faster.
+        """
+        half = q is None
+        if q is None:
+            q = self.sidx
+        g = self.grid
+        dev = q.device
+        lvs, EX, EY, amax, amin = self.levels
+        x, y, _, a, ex, ey = g.g64[q, :, None].unbind(1)  # [Q, 1] each, against [V] level stats
+        lq = g.level[q, None]
+        ok = a.clamp(max=amax) > (iou_thr * (1 - 1e-3)) * a.clamp(min=amin)  # some area ratio > t
+        if half:
+            ok &= lq <= lvs
+        i, v = ok.nonzero().unbind(1)  # (query, level) items
+        if i.numel() == 0:
+            z = torch.zeros(0, dtype=torch.long, device=dev)
+            return z, z, z
+        k = iou_thr / (1 + iou_thr) * (1 - 1e-3)
+        x, y, a, ex, ey = x[i, 0], y[i, 0], a[i, 0], ex[i, 0], ey[i, 0]
+        EX, EY, amin, lv = EX[v], EY[v], amin[v], lvs[v]
+        rx = (ex + EX - k * (a + amin) / (2 * torch.minimum(ey, EY))).clamp_min(0)
+        ry = (ey + EY - k * (a + amin) / (2 * torch.minimum(ex, EX))).clamp_min(0)
+        h = g.s0 / 2 * torch.exp2(lv.double())  # row height of the level
+        r0, r1 = g.rows(y - ry, h), g.rows(y + ry, h)
+        c0, c1 = g.cols(x - rx, h / 8), g.cols(x + rx, h / 8)
+        if half:
+            own = lq[i, 0] == lv
+            r0 = torch.where(own, g.rows(y, h), r0)  # rows above: found from the box above
+        M = int((r1 - r0).max()) + 1
+        step = torch.arange(M, device=dev)
+        kb = ((g.base[q[i]] - lq[i, 0] + lv)[:, None] * g.R + r0[:, None] + step) * g.X
+        lo = torch.searchsorted(self.skey, (kb + c0[:, None]).reshape(-1)).view(-1, M)
+        hi = torch.searchsorted(self.skey, (kb + c1[:, None]).reshape(-1), right=True).view(-1, M)
+        if half:  # in its own row, a box pairs with the boxes after it in key order
+            lo[:, 0] = torch.where(own, torch.maximum(lo[:, 0], i + 1), lo[:, 0])  # q is sidx
+        cnt = torch.where(step < (r1 - r0 + 1)[:, None], hi - lo, 0)
+        return q[i][:, None].expand(-1, M).reshape(-1), lo.reshape(-1), cnt.reshape(-1)
+
+    def pairs(self, owner: torch.Tensor, start: torch.Tensor, count: torch.Tensor) -> Iterator:
+        """The (owner, member) pairs of the ranges, in chunks of about PAIR_BUDGET."""
+        count = count.clamp_min(0)
+        keep = count > 0
+        owner, start, count = owner[keep], start[keep], count[keep]
+        if owner.numel() == 0:
+            return
+        csum = count.cumsum(0)
+        dev = owner.device
+        s = 0
+        while s < owner.numel():
+            base = int(csum[s - 1]) if s else 0
+            e = int(torch.searchsorted(csum, torch.tensor(base + PAIR_BUDGET, device=dev), right=True))
+            e = min(max(e, s + 1), owner.numel())
+            c = count[s:e]
+            n = int(csum[e - 1]) - base
+            i = owner[s:e].repeat_interleave(c, output_size=n)
+            pos = torch.arange(n, device=dev) + (start[s:e] - (csum[s:e] - c - base)).repeat_interleave(
+                c, output_size=n
+            )
+            yield i, self.sidx[pos]
+            s = e
+
+
+def _cat3(a: list, b: list, c: list, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    if not a:
+        z = torch.zeros(0, dtype=torch.long, device=dev)
+        return z, z, z
+    return torch.cat(a), torch.cat(b), torch.cat(c)
+
+
+def _filter_geo(r: torch.Tensor) -> torch.Tensor:
+    """Per box (x, y, circumscribed radius, area, half width and half height of the axis-aligned
+    bounding box, widened by a few ulps of the coordinates) [N,6], for _may_suppress."""
     w, h = r[:, 2].abs(), r[:, 3].abs()
-    rad = 0.5 * torch.sqrt(w * w + h * h)
-    key, Wg = _grid_keys(r, rad, groups)
-    skey, order = torch.sort(key)
-    return torch.stack((r[:, 0], r[:, 1], rad, w * h), 1), key, Wg, skey, order
+    c, s = torch.cos(r[:, 4]).abs(), torch.sin(r[:, 4]).abs()
+    slack = 64 * torch.finfo(r.dtype).eps * (r[:, :2].abs().amax() + w.amax() + 1)
+    ex = 0.5 * (w * c + h * s) + slack
+    ey = 0.5 * (w * s + h * c) + slack
+    return torch.stack((r[:, 0], r[:, 1], 0.5 * torch.sqrt(w * w + h * h) + slack, w * h, ex, ey), 1)
 
 
 def _may_suppress(geo: torch.Tensor, i: torch.Tensor, j: torch.Tensor, iou_thr: float) -> torch.Tensor:
-    """Pairs that could have IoU > iou_thr: circumscribed circles overlap, min/max area > iou_thr."""
-    xi, yi, ri, ai = geo.index_select(0, i).unbind(1)
-    xj, yj, rj, aj = geo.index_select(0, j).unbind(1)
-    near = (xi - xj) ** 2 + (yi - yj) ** 2 < (ri + rj) ** 2
-    return near & (torch.minimum(ai, aj) > iou_thr * torch.maximum(ai, aj))
-
-
-def _candidate_pairs(
-    r: torch.Tensor, groups: torch.Tensor, iou_thr: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairs (src, dst), src < dst in score order, same group, that may have IoU > iou_thr.
-
-    Boxes are sorted by grid cell (key = group, row, column); cells are as wide as the largest
-    circumscribed circle's diameter, so overlapping boxes are in the same or adjacent cells. Each
-    unordered pair is generated once from a half stencil: the rest of the own cell plus the cell to the
-    right (one contiguous range of the sorted boxes) and the 3 cells of the next row (another one).
-    """
-    dev = r.device
-    N = r.shape[0]
-    geo, key, Wg, skey, order = _sorted_grid(r, groups)
-    # per sorted position p: range A = [p + 1, end of the right cell), range B = next row's 3 cells
-    a_lo = torch.arange(1, N + 1, device=dev)
-    a_hi = torch.searchsorted(skey, skey + 1, right=True)
-    b_lo = torch.searchsorted(skey, skey + (Wg - 1), right=False)
-    b_hi = torch.searchsorted(skey, skey + (Wg + 1), right=True)
-    starts = torch.stack((a_lo, b_lo), 1).reshape(-1)
-    counts = (torch.stack((a_hi, b_hi), 1).reshape(-1) - starts).clamp_min(0)
-    owner = torch.arange(N, device=dev).repeat_interleave(2)
-    sgeo = geo[order]  # box properties in sorted order, so that the gathers below read nearby memory
-    srcs, dsts = [], []
-    csum = counts.cumsum(0)
-    total = int(csum[-1]) if N else 0
-    budget = 4 * CHUNK_PAIRS
-    s = 0
-    while s < owner.numel() and total:
-        base = int(csum[s - 1]) if s else 0  # take ranges until about `budget` raw pairs
-        e = int(torch.searchsorted(csum, torch.tensor(base + budget, device=dev), right=True))
-        e = max(e, s + 1)
-        c = counts[s:e]
-        n = int(csum[e - 1]) - base
-        if n:
-            i = owner[s:e].repeat_interleave(c, output_size=n)
-            j = torch.arange(n, device=dev) + (starts[s:e] - (csum[s:e] - c - base)).repeat_interleave(
-                c, output_size=n
-            )
-            m = _may_suppress(sgeo, i, j, iou_thr)
-            i, j = order[i[m]], order[j[m]]
-            srcs.append(torch.minimum(i, j))
-            dsts.append(torch.maximum(i, j))
-        s = e
-    if not srcs:
-        z = torch.zeros(0, dtype=torch.long, device=dev)
-        return z, z
-    return torch.cat(srcs), torch.cat(dsts)
+    """Pairs that could have IoU > iou_thr (necessary conditions, with a margin for rounding):
+    the circumscribed circles overlap and min(a_i, a_j, bounding-box overlap) > t / (1 + t) (a_i + a_j)."""
+    xi, yi, ri, ai, exi, eyi = geo.index_select(0, i).unbind(1)
+    xj, yj, rj, aj, exj, eyj = geo.index_select(0, j).unbind(1)
+    dx, dy = (xi - xj).abs(), (yi - yj).abs()
+    near = dx * dx + dy * dy < (ri + rj) ** 2
+    ox = torch.minimum(exi + exj - dx, 2 * torch.minimum(exi, exj)).clamp_min(0)
+    oy = torch.minimum(eyi + eyj - dy, 2 * torch.minimum(eyi, eyj)).clamp_min(0)
+    inter = torch.minimum(ox * oy, torch.minimum(ai, aj))
+    return near & (inter * ((1 + iou_thr) * (1 + 1e-4)) > iou_thr * (ai + aj))
 
 
 class _Boxes:
@@ -237,17 +331,19 @@ def _rect_inter(
     return (0.5 * (pts[..., 0] * nxt[..., 1] - pts[..., 1] * nxt[..., 0]).sum(1)).clamp_min(0)
 
 
-def _lazy_greedy(r: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, iou_thr: float) -> torch.Tensor:
-    """Greedy keep mask [N] from candidate pairs, computing IoU only where greedy NMS needs it.
+def _lazy_greedy(
+    boxes: _Boxes, gidx: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, iou_thr: float
+) -> torch.Tensor:
+    """Greedy keep mask over the boxes gidx (in score order) from their candidate pairs (src < dst,
+    positions in gidx), computing IoU only where greedy NMS needs it.
 
     Rounds over all boxes at once: a box with no live candidate suppressor left is kept; each kept
     box is tested once against its still-undecided candidates, and those above iou_thr are removed
     (which drops their own candidate pairs untested). Each round decides at least the best undecided
     box; after _LAZY_ROUNDS the rest is tested eagerly and resolved by _resolve.
     """
-    N = r.shape[0]
-    dev = r.device
-    boxes = _Boxes(r)
+    N = gidx.numel()
+    dev = gidx.device
     state = torch.zeros(N, dtype=torch.int8, device=dev)  # 0 undecided, 1 kept, 2 removed
     for _ in range(_LAZY_ROUNDS):
         live = (state[dst] == 0) & (state[src] != 2)
@@ -260,77 +356,70 @@ def _lazy_greedy(r: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, iou_thr:
         ev = state[src] == 1
         i, j = src[ev], dst[ev]
         if i.numel():
-            state[j[boxes.suppress(i, j, iou_thr)]] = 2
+            state[j[boxes.suppress(gidx[i], gidx[j], iou_thr)]] = 2
         src, dst = src[~ev], dst[~ev]
     # long chains of decisions: test the remaining live pairs at once, then resolve
     live = (state[dst] == 0) & (state[src] != 2)
     src, dst = src[live], dst[live]
-    m = boxes.suppress(src, dst, iou_thr)
+    m = boxes.suppress(gidx[src], gidx[dst], iou_thr)
     return _resolve(N, src[m], dst[m], state)
 
 
-def _grid_greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float) -> torch.Tensor:
-    """Greedy keep mask [N] (boxes in score order) without building the candidate-pair list.
-
-    Grid cells are as wide as the largest circumscribed-circle diameter, so a box can only be
-    suppressed by boxes in its 3x3 cells. Each round, the best undecided box of each cell is kept when
-    no better undecided box there could suppress it, and is tested at once against the worse
-    undecided boxes of its 3x3 cells, removing those with IoU > iou_thr. After _GRID_ROUNDS the
-    remaining undecided boxes are resolved by the candidate-pair method.
-    """
-    dev = r.device
+def _greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float, max_keep: int | None) -> torch.Tensor:
+    """Indices of the kept boxes (boxes in score order), ascending; the first max_keep when given."""
     N = r.shape[0]
-    geo, key, Wg, skey, order = _sorted_grid(r, groups)
-    ukey, counts = torch.unique_consecutive(skey, return_counts=True)
-    C = ukey.numel()
-    ptr = torch.zeros(C + 2, dtype=torch.long, device=dev)  # cell C is an empty sentinel
-    ptr[1 : C + 1] = counts.cumsum(0)
-    ptr[C + 1] = ptr[C]
-    cell_of = torch.empty(N, dtype=torch.long, device=dev)
-    cell_of[order] = torch.arange(C, device=dev).repeat_interleave(counts, output_size=N)
-    off = torch.tensor([dy * Wg + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)], device=dev)
-    nk = key[:, None] + off  # [N, 9] neighbour keys
-    ni = torch.searchsorted(ukey, nk).clamp_max(C - 1)
-    nbr = torch.where(ukey[ni] == nk, ni, torch.full_like(ni, C))  # [N, 9] cell ids, C if empty
+    dev = r.device
+    geo = _filter_geo(r)
+    grid = _Grid(r, groups, geo)
     boxes = _Boxes(r)
-    state = torch.zeros(N, dtype=torch.int8, device=dev)  # 0 undecided, 1 kept, 2 removed
-    idx = torch.arange(N, device=dev)
-    prev = None
-    for _ in range(_GRID_ROUNDS):
-        und = idx[state == 0]
-        if und.numel() == 0:
-            return state == 1
-        if prev is not None and und.numel() > _GRID_MIN_PROGRESS * prev:
-            break  # rounds decide little (spread-out boxes): the candidate pairs are few, use them
-        prev = und.numel()
-        cmin = torch.full((C + 1,), N, dtype=torch.long, device=dev)
-        cmin.scatter_reduce_(0, cell_of[und], und, "amin")
-        cand = cmin[:C]
-        cand = cand[cand < N]  # the best undecided box of each cell
-        cells = nbr[cand].reshape(-1)
-        start = ptr[cells]
-        cnt = ptr[cells + 1] - start
-        n = int(cnt.sum())
-        i = cand.repeat_interleave(9).repeat_interleave(cnt, output_size=n)
-        first = cnt.cumsum(0) - cnt
-        j = order[torch.arange(n, device=dev) + (start - first).repeat_interleave(cnt, output_size=n)]
-        # undecided neighbours that could suppress the candidate or be suppressed by it
-        m = (j != i) & (state.index_select(0, j) == 0) & _may_suppress(geo, i, j, iou_thr)
-        i, j = i[m], j[m]
-        blocked = torch.zeros(N, dtype=torch.bool, device=dev)
-        blocked[i[j < i]] = True  # a better undecided box may still suppress it
-        ready = cand[~blocked[cand]]
-        state[ready] = 1
-        m = (j > i) & ~blocked[i]
-        i, j = i[m], j[m]
-        if i.numel():
-            state[j[boxes.suppress(i, j, iou_thr)]] = 2
-    und = idx[state == 0]
-    if und.numel():
-        ru, gu = r[und], groups[und]
-        src, dst = _candidate_pairs(ru, gu, iou_thr)
-        state[und] = torch.where(_lazy_greedy(ru, src, dst, iou_thr), 1, 2).to(torch.int8)
-    return state == 1
+    state = torch.zeros(N, dtype=torch.int8, device=dev)  # 0 pending, 1 kept, 2 removed
+    kept = torch.zeros(0, dtype=torch.long, device=dev)
+    s, size = 0, _BLOCK0
+    while s < N and (max_keep is None or kept.numel() < max_keep):
+        e = min(N, s + size)
+        blk = torch.arange(s, e, device=dev)
+        blk = blk[state[s:e] == 0]  # boxes left pending by a block cut short
+        # 1. the kept boxes (all better) remove what they suppress
+        if kept.numel() and blk.numel():
+            removed = torch.zeros(N, dtype=torch.bool, device=dev)
+            # the smaller set queries an index of the larger one, in key order
+            small, large = (kept, blk) if kept.numel() <= blk.numel() else (blk, kept)
+            index = _Index(grid, large)
+            q = small[torch.sort(grid.key[small], stable=True).indices]
+            for i, j in index.pairs(*index.ranges(q, iou_thr)):
+                k, t = (i, j) if small is kept else (j, i)  # (kept box, block box)
+                m = _may_suppress(geo, k, t, iou_thr)
+                k, t = k[m], t[m]
+                m = ~removed[t]
+                k, t = k[m], t[m]
+                if k.numel():
+                    removed[t[boxes.suppress(k, t, iou_thr)]] = True
+            state[blk[removed[blk]]] = 2
+            blk = blk[~removed[blk]]
+        # 2. greedy NMS among the survivors, over at most PAIR_BUDGET candidate pairs
+        while True:
+            index = _Index(grid, blk)
+            ranges = index.ranges(None, iou_thr)
+            if int(ranges[2].clamp_min(0).sum()) <= PAIR_BUDGET or blk.numel() <= 1:
+                break
+            blk = blk[: blk.numel() // 2]
+            e = int(blk[-1]) + 1  # the rest waits for the next block
+        srcs, dsts = [], []
+        for i, j in index.pairs(*ranges):
+            m = _may_suppress(geo, i, j, iou_thr)
+            i, j = i[m], j[m]
+            srcs.append(torch.minimum(i, j))
+            dsts.append(torch.maximum(i, j))
+        if srcs and sum(x.numel() for x in srcs):
+            src = torch.searchsorted(blk, torch.cat(srcs))
+            dst = torch.searchsorted(blk, torch.cat(dsts))
+            keep = _lazy_greedy(boxes, blk, src, dst, iou_thr)
+        else:
+            keep = torch.ones(blk.numel(), dtype=torch.bool, device=dev)
+        state[blk] = torch.where(keep, 1, 2).to(torch.int8)
+        kept = torch.cat((kept, blk[keep]))
+        s, size = e, min(2 * size, _BLOCK_MAX)
+    return kept if max_keep is None else kept[:max_keep]
 
 
 def _resolve(N: int, src: torch.Tensor, dst: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
@@ -365,7 +454,7 @@ def _resolve(N: int, src: torch.Tensor, dst: torch.Tensor, state: torch.Tensor |
     return torch.from_numpy(st == 1).to(dev)
 
 
-def _nms(rboxes: Any, scores: Any, groups: Any, iou_thr: float) -> Any:
+def _nms(rboxes: Any, scores: Any, groups: Any, iou_thr: float, max_keep: int | None) -> Any:
     r, was_np = _as_tensor(rboxes)
     r = r.reshape(-1, 5)
     if not r.dtype.is_floating_point:
@@ -378,24 +467,28 @@ def _nms(rboxes: Any, scores: Any, groups: Any, iou_thr: float) -> Any:
         g = torch.as_tensor(np.asarray(groups) if not isinstance(groups, torch.Tensor) else groups)
         g = g.to(r.device).reshape(-1).long()
     N = r.shape[0]
-    if N == 0:
+    if N == 0 or (max_keep is not None and max_keep <= 0):
         keep = torch.zeros(0, dtype=torch.long, device=r.device)
     else:
         order = torch.sort(sc, descending=True, stable=True).indices
         _, g = torch.unique(g[order], return_inverse=True)  # compact group ids for the grid key
-        keep = order[_grid_greedy(r[order], g, float(iou_thr))]
+        keep = order[_greedy(r[order], g, float(iou_thr), max_keep)]
     return keep.cpu().numpy() if was_np else keep
 
 
-def nms_rotated(rboxes: Any, scores: Any, iou_thr: float) -> Any:
+def nms_rotated(rboxes: Any, scores: Any, iou_thr: float, max_keep: int | None = None) -> Any:
     """Indices (int64) of the boxes greedy rotated NMS keeps, in descending score order.
 
     A box is suppressed when its exact IoU with a kept, higher-scored box is > iou_thr. Ties in score
     keep input order. rboxes [N,5] (any normalisation), scores [N]; numpy in -> numpy out.
+    ``max_keep``: return only the first max_keep kept boxes (the same as slicing the full result),
+    stopping as soon as they are known; what detection's ``max_det`` needs.
     """
-    return _nms(rboxes, scores, None, iou_thr)
+    return _nms(rboxes, scores, None, iou_thr, max_keep)
 
 
-def batched_nms_rotated(rboxes: Any, scores: Any, classes: Any, iou_thr: float) -> Any:
+def batched_nms_rotated(
+    rboxes: Any, scores: Any, classes: Any, iou_thr: float, max_keep: int | None = None
+) -> Any:
     """nms_rotated applied independently per class; kept indices in descending score order."""
-    return _nms(rboxes, scores, classes, iou_thr)
+    return _nms(rboxes, scores, classes, iou_thr, max_keep)
