@@ -31,7 +31,7 @@ iou_thr) are all kept, and every such pair is still tested once.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ __all__ = ["nms_rotated", "batched_nms_rotated"]
 PAIR_BUDGET = 4 * CHUNK_PAIRS  # raw candidate pairs built at once (~150 B each while filtered)
 _BLOCK0 = 1024  # boxes in the first block; blocks double after each one
 _BLOCK_MAX = 16384  # largest block
+_ROW_BUDGET = 1 << 18  # grid rows searched at once
 _MAX_ROUNDS = 48  # vectorised rounds before the remaining chains are finished by a loop
 _LAZY_ROUNDS = 4  # lazy-IoU rounds before the remaining pairs are evaluated at once
 
@@ -112,11 +113,12 @@ class _Index:
         # per level present: (level, max ex, max ey, max area, min area)
         self.levels = (present, *stats[:, present].unbind(0))
 
-    def ranges(self, q: torch.Tensor | None, iou_thr: float) -> tuple[torch.Tensor, ...]:
+    def ranges(self, q: torch.Tensor | None, iou_thr: float) -> Iterator[tuple[torch.Tensor, ...]]:
         """Ranges (owner, start, count) of this index's boxes that boxes q might suppress or be
-        suppressed by: per level of this index, the rows and the x interval where a partner's centre
-        must lie for the bounding boxes to overlap enough (IoU > t needs an overlap of at least
-        t / (1 + t) (a_q + a_min) / (2 min(ey_q, ey_max)) along x, likewise along y).
+        suppressed by, in chunks of at most _ROW_BUDGET rows: per level of this index, the rows and
+        the x interval where a partner's centre must lie for the bounding boxes to overlap enough
+        (IoU > t needs an overlap of t / (1 + t) (a_q + a_min) / (2 min(ey_q, ey_max)) along x at
+        least, likewise along y).
 
         q None: this index's own members, each unordered pair given once (from the smaller level,
         or within a level from the earlier box in key order). Queries in key order run faster.
@@ -134,8 +136,7 @@ class _Index:
             ok &= lq <= lvs
         i, v = ok.nonzero().unbind(1)  # (query, level) items
         if i.numel() == 0:
-            z = torch.zeros(0, dtype=torch.long, device=dev)
-            return z, z, z
+            return
         k = iou_thr / (1 + iou_thr) * (1 - 1e-3)
         x, y, a, ex, ey = x[i, 0], y[i, 0], a[i, 0], ex[i, 0], ey[i, 0]
         EX, EY, amin, lv = EX[v], EY[v], amin[v], lvs[v]
@@ -144,48 +145,55 @@ class _Index:
         h = g.s0 / 2 * torch.exp2(lv.double())  # row height of the level
         r0, r1 = g.rows(y - ry, h), g.rows(y + ry, h)
         c0, c1 = g.cols(x - rx, h / 8), g.cols(x + rx, h / 8)
+        kb = g.base[q[i]] - lq[i, 0] + lv  # (group, level) part of the keys
         if half:
             own = lq[i, 0] == lv
             r0 = torch.where(own, g.rows(y, h), r0)  # rows above: found from the box above
-        M = int((r1 - r0).max()) + 1
-        step = torch.arange(M, device=dev)
-        kb = ((g.base[q[i]] - lq[i, 0] + lv)[:, None] * g.R + r0[:, None] + step) * g.X
-        lo = torch.searchsorted(self.skey, (kb + c0[:, None]).reshape(-1)).view(-1, M)
-        hi = torch.searchsorted(self.skey, (kb + c1[:, None]).reshape(-1), right=True).view(-1, M)
-        if half:  # in its own row, a box pairs with the boxes after it in key order
-            lo[:, 0] = torch.where(own, torch.maximum(lo[:, 0], i + 1), lo[:, 0])  # q is sidx
-        cnt = torch.where(step < (r1 - r0 + 1)[:, None], hi - lo, 0)
-        return q[i][:, None].expand(-1, M).reshape(-1), lo.reshape(-1), cnt.reshape(-1)
-
-    def pairs(self, owner: torch.Tensor, start: torch.Tensor, count: torch.Tensor) -> Iterator:
-        """The (owner, member) pairs of the ranges, in chunks of about PAIR_BUDGET."""
-        count = count.clamp_min(0)
-        keep = count > 0
-        owner, start, count = owner[keep], start[keep], count[keep]
-        if owner.numel() == 0:
-            return
-        csum = count.cumsum(0)
-        dev = owner.device
+            first = torch.where(own, i + 1, 0)  # in its own row, the boxes after it (q is sidx)
+        n = r1 - r0 + 1
+        csum = n.cumsum(0)
         s = 0
-        while s < owner.numel():
+        while s < i.numel():  # items in chunks of about _ROW_BUDGET rows
             base = int(csum[s - 1]) if s else 0
-            e = int(torch.searchsorted(csum, torch.tensor(base + PAIR_BUDGET, device=dev), right=True))
-            e = min(max(e, s + 1), owner.numel())
-            c = count[s:e]
-            n = int(csum[e - 1]) - base
-            i = owner[s:e].repeat_interleave(c, output_size=n)
-            pos = torch.arange(n, device=dev) + (start[s:e] - (csum[s:e] - c - base)).repeat_interleave(
-                c, output_size=n
-            )
-            yield i, self.sidx[pos]
+            e = int(torch.searchsorted(csum, torch.tensor(base + _ROW_BUDGET, device=dev), right=True))
+            e = min(max(e, s + 1), i.numel())
+            tot = int(csum[e - 1]) - base
+            rep = torch.arange(s, e, device=dev).repeat_interleave(n[s:e], output_size=tot)
+            dr = torch.arange(tot, device=dev) - (csum[rep] - n[rep] - base)  # row offset in the item
+            key = (kb[rep] * g.R + r0[rep] + dr) * g.X
+            lo = torch.searchsorted(self.skey, key + c0[rep])
+            hi = torch.searchsorted(self.skey, key + c1[rep], right=True)
+            if half:
+                lo = torch.where(dr == 0, torch.maximum(lo, first[rep]), lo)
+            yield q[i[rep]], lo, hi - lo
             s = e
 
-
-def _cat3(a: list, b: list, c: list, dev: torch.device) -> tuple[torch.Tensor, ...]:
-    if not a:
-        z = torch.zeros(0, dtype=torch.long, device=dev)
-        return z, z, z
-    return torch.cat(a), torch.cat(b), torch.cat(c)
+    def pairs(self, ranges: Iterable[tuple[torch.Tensor, ...]]) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The (owner, member) pairs of ranges (owner, start, count), in chunks of about PAIR_BUDGET."""
+        for owner, start, count in ranges:
+            keep = count > 0
+            owner, start, count = owner[keep], start[keep], count[keep]
+            if owner.numel() == 0:
+                continue
+            if int(count.max()) > PAIR_BUDGET:  # split ranges longer than a chunk
+                parts = (count + PAIR_BUDGET - 1) // PAIR_BUDGET
+                r = torch.repeat_interleave(parts)
+                k = torch.arange(r.numel(), device=r.device) - (parts.cumsum(0) - parts)[r]
+                owner, start = owner[r], start[r] + k * PAIR_BUDGET
+                count = (count[r] - k * PAIR_BUDGET).clamp_max(PAIR_BUDGET)
+            csum = count.cumsum(0)
+            dev = owner.device
+            s = 0
+            while s < owner.numel():
+                base = int(csum[s - 1]) if s else 0
+                e = int(torch.searchsorted(csum, torch.tensor(base + PAIR_BUDGET, device=dev), right=True))
+                e = min(max(e, s + 1), owner.numel())
+                c = count[s:e]
+                n = int(csum[e - 1]) - base
+                i = owner[s:e].repeat_interleave(c, output_size=n)
+                off = (start[s:e] - (csum[s:e] - c - base)).repeat_interleave(c, output_size=n)
+                yield i, self.sidx[torch.arange(n, device=dev) + off]
+                s = e
 
 
 def _filter_geo(r: torch.Tensor) -> torch.Tensor:
@@ -266,10 +274,64 @@ class _Boxes:
         if k.numel():
             # in float64: these pairs are few, and float32 rounding would decide those near iou_thr
             q = torch.stack((du, dv, cs, ss, aw, ah, bw, bh, ai, aj), 1).index_select(0, k).double()
-            inter = torch.cat([_rect_inter(*part.unbind(1)[:8]) for part in q.split(CHUNK_PAIRS)])
             ak, bk = q[:, 8], q[:, 9]
-            out[k] = inter > iou_thr * (ak + bk - inter)
+            lo, hi = _slab_bounds(*q.unbind(1)[:8])
+            m = 1e-9 * (ak + bk)  # rounding of the float64 bounds
+            sure = lo - m > iou_thr * (ak + bk - lo + m)
+            rest = ~sure & (hi + m > iou_thr * (ak + bk - hi - m))
+            out[k[sure]] = True
+            k, q = k[rest], q[rest]
+        if k.numel():
+            inter = torch.cat([_rect_inter(*part.unbind(1)[:8]) for part in q.split(CHUNK_PAIRS)])
+            out[k] = inter > iou_thr * (q[:, 8] + q[:, 9] - inter)
         return out
+
+
+def _slab_area(
+    p: torch.Tensor, q: torch.Tensor, nu: torch.Tensor, nv: torch.Tensor, c: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """Area of the rectangle [-p, p] x [-q, q] between the lines n.x = c - t and n.x = c + t, n = (nu, nv)
+    a unit vector: the difference of its cumulative area along n, a piecewise quadratic (the projected
+    width is a trapezoid with ramps of width 2 min(a, b), a = p |nu|, b = q |nv|)."""
+    a0, b0 = p * nu.abs(), q * nv.abs()
+    a, b = torch.maximum(a0, b0), torch.minimum(a0, b0)
+    tiny = torch.finfo(p.dtype).tiny
+    h, m, b2 = a + b, a - b, (2 * b).clamp_min(tiny)
+
+    def cum(z: torch.Tensor) -> torch.Tensor:
+        w1 = torch.minimum(z, -m).clamp_min(-h) + h  # in the rising ramp
+        w2 = z.clamp(-m, m) + m  # on the plateau
+        w3 = torch.maximum(z, m).clamp_max(h) - m  # in the falling ramp
+        return w1 * w1 / b2 + 2 * w2 + 2 * w3 - w3 * w3 / b2
+
+    return (p * q / a.clamp_min(tiny)) * (cum(c + t) - cum(c - t))
+
+
+def _slab_bounds(
+    du: torch.Tensor,
+    dv: torch.Tensor,
+    c: torch.Tensor,
+    s: torch.Tensor,
+    aw: torch.Tensor,
+    ah: torch.Tensor,
+    bw: torch.Tensor,
+    bh: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds of the intersection area of A = [-aw, aw] x [-ah, ah] and B (centre (du, dv), half sizes
+    (bw, bh), long axis at (c, s)), tighter than projections when the boxes are turned.
+
+    B is the intersection of its two slabs S1, S2 (between the lines of its long sides, of its short
+    sides), so A & B is at most A & S1 and A & S2, and at least |A & S1| + |A & S2| - |A|; likewise with
+    the roles swapped. These are exact areas of a rectangle cut by two parallel lines (_slab_area).
+    """
+    eu, ev = -(du * c + dv * s), du * s - dv * c  # A's centre in B's frame
+    a1 = _slab_area(aw, ah, -s, c, dv * c - du * s, bh)
+    a2 = _slab_area(aw, ah, c, s, du * c + dv * s, bw)
+    b1 = _slab_area(bw, bh, s, c, eu * s + ev * c, ah)
+    b2 = _slab_area(bw, bh, c, -s, eu * c - ev * s, aw)
+    upper = torch.minimum(torch.minimum(a1, a2), torch.minimum(b1, b2))
+    lower = torch.maximum(a1 + a2 - 4 * aw * ah, b1 + b2 - 4 * bw * bh).clamp_min(0)
+    return lower, upper
 
 
 def _rect_inter(
@@ -386,7 +448,7 @@ def _greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float, max_keep: int
             small, large = (kept, blk) if kept.numel() <= blk.numel() else (blk, kept)
             index = _Index(grid, large)
             q = small[torch.sort(grid.key[small], stable=True).indices]
-            for i, j in index.pairs(*index.ranges(q, iou_thr)):
+            for i, j in index.pairs(index.ranges(q, iou_thr)):
                 k, t = (i, j) if small is kept else (j, i)  # (kept box, block box)
                 m = _may_suppress(geo, k, t, iou_thr)
                 k, t = k[m], t[m]
@@ -399,13 +461,13 @@ def _greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float, max_keep: int
         # 2. greedy NMS among the survivors, over at most PAIR_BUDGET candidate pairs
         while True:
             index = _Index(grid, blk)
-            ranges = index.ranges(None, iou_thr)
-            if int(ranges[2].clamp_min(0).sum()) <= PAIR_BUDGET or blk.numel() <= 1:
+            ranges = list(index.ranges(None, iou_thr))
+            if sum(int(c.clamp_min(0).sum()) for _, _, c in ranges) <= PAIR_BUDGET or blk.numel() <= 1:
                 break
             blk = blk[: blk.numel() // 2]
             e = int(blk[-1]) + 1  # the rest waits for the next block
         srcs, dsts = [], []
-        for i, j in index.pairs(*ranges):
+        for i, j in index.pairs(ranges):
             m = _may_suppress(geo, i, j, iou_thr)
             i, j = i[m], j[m]
             srcs.append(torch.minimum(i, j))
