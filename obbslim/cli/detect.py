@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--source", required=True, nargs="+", help="image file(s), folder(s) or glob pattern(s)")
     p.add_argument("--imgsz", type=int, default=1024, help="network input size")
     p.add_argument("--tile", type=int, default=None, help="tile size for large images (default: --imgsz)")
-    p.add_argument("--gap", type=int, default=200, help="tile overlap in pixels")
+    p.add_argument("--gap", type=int, default=None, help="tile overlap px (default: 200 * tile / 1024)")
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
     p.add_argument("--iou", type=float, default=0.4, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=1000, help="detections kept per image")

@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     p.add_argument("--workers", type=int, default=0, help="dataloader workers")
     p.add_argument("--full-images", metavar="SRC_DIR", help="folder with images/, labelTxt/ of full images")
-    p.add_argument("--gap", type=int, default=200, help="tile overlap in pixels with --full-images")
+    p.add_argument("--gap", type=int, default=None, help="--full-images tile overlap (200 * imgsz / 1024)")
     p.add_argument("--json", metavar="OUT", help="write {metric, mAP, per_class, mAP50_95, speed_ms, ...}")
     p.add_argument("--project", default="runs/val")
     p.add_argument("--name", default="exp")

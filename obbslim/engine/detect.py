@@ -81,7 +81,7 @@ def detect(
     source: str | Path | Sequence[str | Path],
     imgsz: int = 1024,
     tile: int | None = None,
-    gap: int = 200,
+    gap: int | None = None,
     conf: float = 0.25,
     iou: float = 0.4,
     max_det: int = 1000,

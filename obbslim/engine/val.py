@@ -81,7 +81,7 @@ def val(
     device: str | None = None,
     half: bool = False,
     full_images: str | Path | None = None,
-    gap: int = 200,
+    gap: int | None = None,
     json_path: str | Path | None = None,
     project: str | Path = "runs/val",
     name: str = "exp",

@@ -532,9 +532,18 @@ def _nms(rboxes: Any, scores: Any, groups: Any, iou_thr: float, max_keep: int | 
     if N == 0 or (max_keep is not None and max_keep <= 0):
         keep = torch.zeros(0, dtype=torch.long, device=r.device)
     else:
-        order = torch.sort(sc, descending=True, stable=True).indices
-        _, g = torch.unique(g[order], return_inverse=True)  # compact group ids for the grid key
-        keep = order[_greedy(r[order], g, float(iou_thr), max_keep)]
+        # one thread on CPU: NMS is thousands of small ops, where more threads only add synchronisation,
+        # and on a busy machine a descheduled thread stalls every op (measured 30x slower with 2)
+        threads = torch.get_num_threads()
+        if r.device.type == "cpu" and threads > 1:
+            torch.set_num_threads(1)
+        try:
+            order = torch.sort(sc, descending=True, stable=True).indices
+            _, g = torch.unique(g[order], return_inverse=True)  # compact group ids for the grid key
+            keep = order[_greedy(r[order], g, float(iou_thr), max_keep)]
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
     return keep.cpu().numpy() if was_np else keep
 
 
