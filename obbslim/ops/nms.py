@@ -42,9 +42,12 @@ from obbslim.ops.iou import CHUNK_PAIRS, THIN
 __all__ = ["nms_rotated", "batched_nms_rotated"]
 
 PAIR_BUDGET = 4 * CHUNK_PAIRS  # raw candidate pairs built at once (~150 B each while filtered)
-_BLOCK0 = 1024  # boxes in the first block; blocks double after each one
+_BLOCK0 = 512  # boxes in the first block; blocks double after each one
 _BLOCK_MAX = 16384  # largest block
+_GROW = 4  # block growth
 _ROW_BUDGET = 1 << 18  # grid rows searched at once
+_SLAB_MIN = 512  # undecided pairs worth the slab bounds before clipping
+_EAGER_PAIRS = 32768  # candidate pairs below which a block tests them all at once
 _MAX_ROUNDS = 48  # vectorised rounds before the remaining chains are finished by a loop
 _LAZY_ROUNDS = 4  # lazy-IoU rounds before the remaining pairs are evaluated at once
 
@@ -76,7 +79,12 @@ class _Grid:
         self.L = int(lv.max()) + 1
         self.R = int(sy / (self.s0 / 2)) + 3
         self.X = int(sx / (self.s0 / 16)) + 3
-        self.base = groups.long() * self.L + lv  # key = (base R + row) X + column
+        self.gbase = groups.long() * self.L
+        self.base = self.gbase + lv  # key = (base R + row) X + column
+        # (y0, y0, y0, x0, x0) and the last row and column, for rows and columns of stacked points
+        f64 = dict(dtype=torch.float64, device=r.device)
+        self.origin = torch.tensor([[self.y0]] * 3 + [[self.x0]] * 2, **f64)
+        self.last = torch.tensor([[self.R - 1]] * 3 + [[self.X - 1]] * 2, **f64)
         h = self.s0 * torch.exp2(lv.double()) / 2
         row = self.rows(y, h)
         self.key = (self.base * self.R + row) * self.X + self.cols(x, h / 8)
@@ -110,8 +118,9 @@ class _Index:
             )
         )
         present = torch.unique(lv)
-        # per level present: (level, max ex, max ey, max area, min area)
-        self.levels = (present, *stats[:, present].unbind(0))
+        h = grid.s0 / 2 * torch.exp2(present.double())  # row height of each level
+        # per level present: the level, and (max ex, max ey, max area, min area, row height) [5, V]
+        self.levels = (present, torch.cat((stats[:, present], h[None])))
 
     def ranges(self, q: torch.Tensor | None, iou_thr: float) -> Iterator[tuple[torch.Tensor, ...]]:
         """Ranges (owner, start, count) of this index's boxes that boxes q might suppress or be
@@ -128,30 +137,34 @@ class _Index:
             q = self.sidx
         g = self.grid
         dev = q.device
-        lvs, EX, EY, amax, amin = self.levels
-        x, y, _, a, ex, ey = g.g64[q, :, None].unbind(1)  # [Q, 1] each, against [V] level stats
-        lq = g.level[q, None]
-        ok = a.clamp(max=amax) > (iou_thr * (1 - 1e-3)) * a.clamp(min=amin)  # some area ratio > t
+        lvs, stats = self.levels
+        gq = g.g64[q]  # (x, y, radius, area, ex, ey) of the queries
+        a = gq[:, 3:4]
+        ok = a.clamp(max=stats[2]) > (iou_thr * (1 - 1e-3)) * a.clamp(min=stats[3])  # an area ratio > t
+        lq = g.level[q]
         if half:
-            ok &= lq <= lvs
+            ok &= lq[:, None] <= lvs
         i, v = ok.nonzero().unbind(1)  # (query, level) items
         if i.numel() == 0:
             return
-        k = iou_thr / (1 + iou_thr) * (1 - 1e-3)
-        x, y, a, ex, ey = x[i, 0], y[i, 0], a[i, 0], ex[i, 0], ey[i, 0]
-        EX, EY, amin, lv = EX[v], EY[v], amin[v], lvs[v]
-        rx = (ex + EX - k * (a + amin) / (2 * torch.minimum(ey, EY))).clamp_min(0)
-        ry = (ey + EY - k * (a + amin) / (2 * torch.minimum(ex, EX))).clamp_min(0)
-        h = g.s0 / 2 * torch.exp2(lv.double())  # row height of the level
-        r0, r1 = g.rows(y - ry, h), g.rows(y + ry, h)
-        c0, c1 = g.cols(x - rx, h / 8), g.cols(x + rx, h / 8)
-        kb = g.base[q[i]] - lq[i, 0] + lv  # (group, level) part of the keys
+        x, y, _, a, ex, ey = gq[i].unbind(1)
+        EX, EY, _, amin, h = stats[:, v].unbind(0)
+        m = iou_thr / (1 + iou_thr) * (1 - 1e-3) * (a + amin) / 2
+        rx = (ex + EX - m / torch.minimum(ey, EY)).clamp_min(0)
+        ry = (ey + EY - m / torch.minimum(ex, EX)).clamp_min(0)
+        # rows of the range's top and bottom and of the centre, columns of its left and right
+        pts = torch.stack((y - ry, y + ry, y, x - rx, x + rx))
+        cells = (pts - g.origin).div_(torch.stack((h, h, h, h / 8, h / 8))).floor_().add_(1)
+        r0, r1, rc, c0, c1 = torch.minimum(cells.clamp_(min=0), g.last).long().unbind(0)
+        kb = g.gbase[q[i]] + lvs[v]  # (group, level) part of the keys
+        first = torch.zeros_like(i)
         if half:
-            own = lq[i, 0] == lv
-            r0 = torch.where(own, g.rows(y, h), r0)  # rows above: found from the box above
+            own = lq[i] == lvs[v]
+            r0 = torch.where(own, rc, r0)  # rows above: found from the box above
             first = torch.where(own, i + 1, 0)  # in its own row, the boxes after it (q is sidx)
         n = r1 - r0 + 1
         csum = n.cumsum(0)
+        items = torch.stack((kb * g.R + r0, c0, c1, first, csum - n, i))
         s = 0
         while s < i.numel():  # items in chunks of about _ROW_BUDGET rows
             base = int(csum[s - 1]) if s else 0
@@ -159,13 +172,14 @@ class _Index:
             e = min(max(e, s + 1), i.numel())
             tot = int(csum[e - 1]) - base
             rep = torch.arange(s, e, device=dev).repeat_interleave(n[s:e], output_size=tot)
-            dr = torch.arange(tot, device=dev) - (csum[rep] - n[rep] - base)  # row offset in the item
-            key = (kb[rep] * g.R + r0[rep] + dr) * g.X
-            lo = torch.searchsorted(self.skey, key + c0[rep])
-            hi = torch.searchsorted(self.skey, key + c1[rep], right=True)
+            kr, c0_, c1_, first_, start, qi = items[:, rep].unbind(0)
+            dr = torch.arange(base, base + tot, device=dev) - start  # row offset in the item
+            key = (kr + dr) * g.X
+            lo = torch.searchsorted(self.skey, key + c0_)
+            hi = torch.searchsorted(self.skey, key + c1_, right=True)
             if half:
-                lo = torch.where(dr == 0, torch.maximum(lo, first[rep]), lo)
-            yield q[i[rep]], lo, hi - lo
+                lo = torch.where(dr == 0, torch.maximum(lo, first_), lo)
+            yield q[qi], lo, hi - lo
             s = e
 
     def pairs(self, ranges: Iterable[tuple[torch.Tensor, ...]]) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -238,6 +252,7 @@ class _Boxes:
 
         Upper bound: the overlap of the projections on each box's axes (separating-axis extents).
         Lower bound: the overlap of each box with a rectangle inscribed in the other, aligned to the first.
+        Pairs these leave undecided get the slab bounds (_slab_bounds), then the exact area (_rect_inter).
         """
         xi, yi, aw, ah, ci, si, ai, ti = self.props.index_select(0, i).unbind(1)
         xj, yj, bw, bh, cj, sj, aj, tj = self.props.index_select(0, j).unbind(1)
@@ -247,23 +262,22 @@ class _Boxes:
         du, dv = dx * ci + dy * si, dy * ci - dx * si  # j's centre in i's frame
         eu, ev = -(dx * cj + dy * sj), dx * sj - dy * cj  # i's centre in j's frame
 
-        def ovl(x: torch.Tensor, e: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-            return (torch.minimum(a, x + e) - torch.maximum(-a, x - e)).clamp_min(0)
-
-        def inner(pw: torch.Tensor, ph: torch.Tensor) -> torch.Tensor:
-            """Scale k of the largest copy of (pw, ph), turned by the angle, inscribed in (pw, ph)."""
-            k1 = pw / (c * pw + s * ph).clamp_min(torch.finfo(pw.dtype).tiny)
-            k2 = ph / (s * pw + c * ph).clamp_min(torch.finfo(pw.dtype).tiny)
-            return torch.minimum(k1, k2)
-
-        upper = torch.minimum(
-            ovl(du, bw * c + bh * s, aw) * ovl(dv, bw * s + bh * c, ah),
-            ovl(eu, aw * c + ah * s, bw) * ovl(ev, aw * s + ah * c, bh),
+        # the scale of the largest copy of each box, turned by the angle, that fits in the box itself
+        pw, ph = torch.stack((bw, aw)), torch.stack((bh, ah))
+        tiny = torch.finfo(pw.dtype).tiny
+        k = torch.minimum(pw / (c * pw + s * ph).clamp_min(tiny), ph / (s * pw + c * ph).clamp_min(tiny))
+        # overlaps along i's axes of i and j's bounding box (upper) or its inscribed copy (lower), and the
+        # same along j's axes: 8 interval overlaps at once
+        x = torch.stack((du, dv, eu, ev)).repeat(2, 1)
+        half = torch.stack((aw, ah, bw, bh)).repeat(2, 1)
+        kb, ka = k.unbind(0)
+        e = torch.stack(
+            (bw * c + bh * s, bw * s + bh * c, aw * c + ah * s, aw * s + ah * c)
+            + (kb * bw, kb * bh, ka * aw, ka * ah)
         )
-        kb, ka = inner(bw, bh), inner(aw, ah)
-        lower = torch.maximum(
-            ovl(du, kb * bw, aw) * ovl(dv, kb * bh, ah), ovl(eu, ka * aw, bw) * ovl(ev, ka * ah, bh)
-        )
+        o = (torch.minimum(half, x + e) - torch.maximum(-half, x - e)).clamp_min(0)
+        upper = torch.minimum(o[0] * o[1], o[2] * o[3])
+        lower = torch.maximum(o[4] * o[5], o[6] * o[7])
         upper = torch.minimum(upper, torch.minimum(ai, aj))
         iou_hi = upper / (ai + aj - upper).clamp_min(torch.finfo(ai.dtype).tiny)
         iou_lo = lower / (ai + aj - lower).clamp_min(torch.finfo(ai.dtype).tiny)
@@ -274,6 +288,7 @@ class _Boxes:
         if k.numel():
             # in float64: these pairs are few, and float32 rounding would decide those near iou_thr
             q = torch.stack((du, dv, cs, ss, aw, ah, bw, bh, ai, aj), 1).index_select(0, k).double()
+        if k.numel() >= max(_SLAB_MIN, 1):  # (fewer pairs: clipping them all costs less than one more pass)
             ak, bk = q[:, 8], q[:, 9]
             lo, hi = _slab_bounds(*q.unbind(1)[:8])
             m = 1e-9 * (ak + bk)  # rounding of the float64 bounds
@@ -325,10 +340,16 @@ def _slab_bounds(
     the roles swapped. These are exact areas of a rectangle cut by two parallel lines (_slab_area).
     """
     eu, ev = -(du * c + dv * s), du * s - dv * c  # A's centre in B's frame
-    a1 = _slab_area(aw, ah, -s, c, dv * c - du * s, bh)
-    a2 = _slab_area(aw, ah, c, s, du * c + dv * s, bw)
-    b1 = _slab_area(bw, bh, s, c, eu * s + ev * c, ah)
-    b2 = _slab_area(bw, bh, c, -s, eu * c - ev * s, aw)
+    ab = torch.stack(
+        (
+            torch.stack((aw, ah, -s, c, dv * c - du * s, bh)),  # A cut by B's long sides
+            torch.stack((aw, ah, c, s, du * c + dv * s, bw)),  # A cut by B's short sides
+            torch.stack((bw, bh, s, c, eu * s + ev * c, ah)),  # B cut by A's long sides
+            torch.stack((bw, bh, c, -s, eu * c - ev * s, aw)),  # B cut by A's short sides
+        ),
+        1,
+    )  # [6, 4, P]: one _slab_area call for the four cuts
+    a1, a2, b1, b2 = _slab_area(*ab).unbind(0)
     upper = torch.minimum(torch.minimum(a1, a2), torch.minimum(b1, b2))
     lower = torch.maximum(a1 + a2 - 4 * aw * ah, b1 + b2 - 4 * bw * bh).clamp_min(0)
     return lower, upper
@@ -407,7 +428,8 @@ def _lazy_greedy(
     N = gidx.numel()
     dev = gidx.device
     state = torch.zeros(N, dtype=torch.int8, device=dev)  # 0 undecided, 1 kept, 2 removed
-    for _ in range(_LAZY_ROUNDS):
+    rounds = _LAZY_ROUNDS if src.numel() > _EAGER_PAIRS else 0  # few pairs: one pass costs less
+    for _ in range(rounds):
         live = (state[dst] == 0) & (state[src] != 2)
         src, dst = src[live], dst[live]
         blocked = torch.zeros(N, dtype=torch.bool, device=dev)
@@ -480,7 +502,9 @@ def _greedy(r: torch.Tensor, groups: torch.Tensor, iou_thr: float, max_keep: int
             keep = torch.ones(blk.numel(), dtype=torch.bool, device=dev)
         state[blk] = torch.where(keep, 1, 2).to(torch.int8)
         kept = torch.cat((kept, blk[keep]))
-        s, size = e, min(2 * size, _BLOCK_MAX)
+        s, size = e, min(_GROW * size, _BLOCK_MAX)
+        if N - s <= min(_GROW * size, _BLOCK_MAX):
+            size = N - s  # one block for the rest rather than a large and a small one
     return kept if max_keep is None else kept[:max_keep]
 
 
