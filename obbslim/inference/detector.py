@@ -12,6 +12,7 @@ obj x cls, class-aware rotated NMS, ``max_det``.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -68,6 +69,12 @@ class Window:
     size: int
     ratio: tuple[float, float] = (1.0, 1.0)
     pad: tuple[int, int] = (0, 0)
+
+
+def default_gap(tile: int) -> int:
+    """Tile overlap for ``tile`` px windows: the DOTA devkit's 200 px belongs to 1024 px tiles, so it
+    scales with the tile (a fixed 200 px on 256 px tiles would cut an image into hundreds of windows)."""
+    return round(200 * int(tile) / 1024)
 
 
 def read_image(source: str | Path | np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -127,7 +134,8 @@ class Detector:
     ``weights``: a ``.pt`` checkpoint, an ``.onnx`` export, or a model object (an ``OBBModel``, or any
     callable taking float [B, 3, H, W] in 0..1 and returning decoded ``[B, N, 6 + nc (+ 180)]`` or a
     tuple whose first item is that). ``tile`` defaults to ``imgsz``; images larger than ``tile`` on
-    either side are tiled, windows overlapping by ``gap`` (a ``gap >= tile`` becomes ``tile // 5``).
+    either side are tiled, windows overlapping by ``gap`` (default ``default_gap(tile)``, 200 at 1024;
+    a ``gap >= tile`` becomes ``tile // 5``; a stride ``tile - gap`` under half the tile is warned about).
     ``half`` runs fp16 on CUDA (ignored on CPU). ``batch`` windows go through the network at once.
     ``merge_iou`` is the IoU of the tile merge (0.1, the DOTA devkit's).
     ``theta_refine``: sub-bin angle from the CSL bins. Off by default: benchmarks/bench_theta_refine.py
@@ -144,7 +152,7 @@ class Detector:
         iou: float = 0.4,
         max_det: int = 1000,
         tile: int | None = None,
-        gap: int = 200,
+        gap: int | None = None,
         half: bool = False,
         batch: int = 8,
         theta_refine: bool = False,
@@ -164,9 +172,17 @@ class Detector:
             self.input_shape = (imgsz, imgsz)
         self.imgsz = imgsz
         self.tile = int(tile) if tile else imgsz
-        self.gap = int(gap) if int(gap) < self.tile else self.tile // 5  # the 200 default vs small tiles
+        gap = default_gap(self.tile) if gap is None else int(gap)
+        self.gap = gap if gap < self.tile else self.tile // 5
         if self.tile <= 0 or self.gap < 0:
             raise ObbslimError(f"need tile > 0 and 0 <= gap < tile, got tile={self.tile} gap={self.gap}")
+        if 2 * self.gap > self.tile:
+            warnings.warn(
+                f"gap {self.gap} leaves a stride of {self.tile - self.gap} px, under half the {self.tile} px "
+                f"tile: every image point is seen by many windows, each adding up to max_det boxes to the "
+                f"merge (slow); the default for this tile is --gap {default_gap(self.tile)}",
+                stacklevel=2,
+            )
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
         self.batch = max(int(batch), 1)
         self.merge_iou = float(merge_iou)
@@ -278,7 +294,7 @@ class Detector:
             rb, sc, cl = mine[0][1]
         else:
             tiles = {tile_name("img", 1.0, w.left, w.top): r for w, r in mine}
-            m = merge_detections(tiles, iou_thr=self.merge_iou)["img"]
+            m = merge_detections(tiles, iou_thr=self.merge_iou, max_det=self.max_det)["img"]
             rb, sc, cl = m.rboxes[: self.max_det], m.scores[: self.max_det], m.cls[: self.max_det]
         return Detections(
             rboxes=np.asarray(rb, np.float64).reshape(-1, 5),

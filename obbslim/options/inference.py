@@ -19,7 +19,7 @@ class DetectConfig(Options):
     source: Any = option(None, "image file(s), folder(s) or glob pattern(s)", nargs="+", required=True)
     imgsz: int = option(1024, "network input size")
     tile: int | None = option(None, "tile size for large images (default: --imgsz)", type=int)
-    gap: int = option(200, "tile overlap in pixels")
+    gap: int | None = option(None, "tile overlap in pixels (default: 200 * tile / 1024)", type=int)
     conf: float = option(0.25, "confidence threshold")
     iou: float = option(0.4, "NMS IoU threshold")
     max_det: int = option(1000, "detections kept per image")
@@ -55,7 +55,7 @@ class ValConfig(Options):
     workers: int = option(0, "dataloader workers")
     full_images: str | Path | None = option(None, "folder with images/, labelTxt/ of full images",
                                             metavar="SRC_DIR")  # fmt: skip
-    gap: int = option(200, "tile overlap in pixels with --full-images")
+    gap: int | None = option(None, "--full-images tile overlap (default: 200 * imgsz / 1024)", type=int)
     json_path: str | Path | None = option(None, "write {metric, mAP, per_class, mAP50_95, speed_ms, ...}",
                                           flag="--json", metavar="OUT")  # fmt: skip
     project: str | Path = option("runs/val", "where run folders go")
