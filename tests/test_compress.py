@@ -79,7 +79,7 @@ def test_every_stage_and_the_report(full):
     # every linked image exists, and the required plots are among them
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert all((run / link).is_file() for link in links), links
-    for need in ("2_sparse/gamma_hist.png", "3_prune/widths.png", "5_benchmark/map_vs_latency.png",
+    for need in ("2_sparse/gamma_hist.png", "3_prune/pruned_widths.png", "5_benchmark/map_vs_latency.png",
                  "1_baseline/results.png", "4_distill/results.png", "4_finetune/results.png"):  # fmt: skip
         assert need in links
     for cmd in ("obbslim train", "obbslim prune", "obbslim distill", "obbslim benchmark"):

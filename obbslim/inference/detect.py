@@ -1,16 +1,30 @@
 """`obbslim detect`: run the Detector over images, folders or globs and save what was asked.
 
+Each image has an id: its file stem, or, when two inputs share a stem (two sources, or a glob over
+sub-folders), the path from the folder they share with ``_`` for ``/`` (``a/x.png``, ``b/x.png`` ->
+``a_x``, ``b_x``; the same stem with two extensions gets the extension: ``x_png``, ``x_jpg``), so
+no output overwrites another and Task1 never mixes two images under one id. The same file given
+twice is detected once.
+
 Outputs (under ``project/name``, created only when something is saved):
-- ``--save-img``: the image with rotated boxes, class names and scores drawn (``<stem>.jpg``/png);
-- ``--save-txt``: ``labels/<stem>.txt``, one ``x1 y1 ... x4 y4 class score`` line per detection
+- ``--save-img``: the image with rotated boxes, class names and scores drawn (``<id>.jpg``/png);
+- ``--save-txt``: ``labels/<id>.txt``, one ``x1 y1 ... x4 y4 class score`` line per detection
   (the merged-detection layout ``obbslim.data.merge.read_tile_detections`` reads back);
-- ``--save-dota DIR``: ``Task1_<class>.txt`` (``image score x1 ... y4``, image id = file stem),
-  the DOTA evaluation server's submission format, one file per class (empty ones too).
+- ``--save-dota DIR``: ``Task1_<class>.txt`` (``image score x1 ... y4``), the DOTA evaluation
+  server's submission format, one file per class (empty ones too). Results are kept per image in
+  ``DIR/.detect/`` as images finish (:mod:`obbslim.inference.task1_parts`): rerunning the same
+  command after an interruption or a crash resumes where it stopped; the Task1 files are written
+  (atomically) once every image is done.
+
+An image that cannot be read (truncated, corrupt, not an image) is skipped, named and counted; the
+run goes on.
 """
 
 from __future__ import annotations
 
 import glob
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -24,20 +38,24 @@ from obbslim.data.labeltxt import write_task1
 from obbslim.data.show import draw_rboxes
 from obbslim.errors import InputError
 from obbslim.inference.detector import Detector
+from obbslim.inference.task1_parts import Task1Parts, detection_rows
 from obbslim.options import DetectConfig
 from obbslim.utils.io import atomic_write_text, increment_path
+from obbslim.utils.text import plural
+from obbslim.utils.threads import use_threads
 
 
 def list_sources(source: str | Path | Sequence[str | Path]) -> list[str]:
-    """Image paths from a file, a folder (not recursive), a glob, or a list of those; sorted, unique."""
+    """Image paths from a file, a folder (not recursive), a glob, or a list of those; sorted, each file
+    once (the same file reached by two paths counts once)."""
     if not isinstance(source, (str, Path)):
-        return sorted({f for s in source for f in list_sources(s)})
+        return _unique_files(f for s in source for f in list_sources(s))
     text = str(source)
     if any(ch in text for ch in "*?["):
         files = [f for f in glob.glob(text, recursive=True) if Path(f).suffix.lower() in IMG_FORMATS]
         if not files:
             raise InputError("no images match this pattern", text)
-        return sorted(set(files))
+        return _unique_files(files)
     p = Path(text)
     if p.is_dir():
         files = [str(q) for q in sorted(p.iterdir()) if q.suffix.lower() in IMG_FORMATS and q.is_file()]
@@ -49,14 +67,47 @@ def list_sources(source: str | Path | Sequence[str | Path]) -> list[str]:
     raise InputError("no such image, folder or pattern", p)
 
 
+def _unique_files(files: Iterable[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    for f in sorted(files):
+        seen.setdefault(os.path.realpath(f), f)
+    return sorted(seen.values())
+
+
+def image_ids(files: Sequence[str]) -> list[str]:
+    """One id per file (see the module doc): the stem where it is unique, else the path from the
+    shared folder (``a_x``), else with the extension (``x_png``); a number is added if still taken."""
+    by_stem: dict[str, list[int]] = {}
+    for i, f in enumerate(files):
+        by_stem.setdefault(Path(f).stem, []).append(i)
+    ids = [Path(f).stem for f in files]
+    for stem, idx in by_stem.items():
+        if len(idx) < 2:
+            continue
+        paths = [Path(os.path.realpath(files[i])) for i in idx]
+        root = Path(os.path.commonpath([str(q.parent) for q in paths]))
+        for i, q in zip(idx, paths):
+            rel = q.parent.relative_to(root).parts
+            ids[i] = "_".join((*rel, stem)) if rel else stem
+        if len({ids[i] for i in idx}) < len(idx):  # same folder: x.png and x.jpg
+            for i, q in zip(idx, paths):
+                ids[i] = f"{ids[i]}_{q.suffix.lstrip('.').lower()}"
+    taken: set[str] = set()
+    for i, x in enumerate(ids):
+        k, new = 2, x
+        while new in taken:
+            new, k = f"{x}-{k}", k + 1
+        ids[i] = new
+        taken.add(new)
+    return ids
+
+
 def task1_records(dets: Iterable[tuple[str, Any]], names: Sequence[str]) -> dict[str, list]:
     """``{class: [(image_id, score, poly8)]}`` for ``write_task1``, every class present (maybe empty)."""
     out: dict[str, list] = {class_key(n): [] for n in names}
     for image_id, d in dets:
-        polys = d.polys
-        for p, s, c in zip(polys, d.scores.tolist(), d.cls.tolist()):
-            name = class_key(names[c]) if 0 <= c < len(names) else str(c)
-            out.setdefault(name, []).append((image_id, s, p))
+        for c, s, p in detection_rows(d, names):
+            out.setdefault(c, []).append((image_id, s, p))
     return out
 
 
@@ -78,71 +129,162 @@ def write_txt(path: str | Path, d: Any) -> None:
 def detect(*args: Any, detector: Detector | None = None, **options: Any) -> dict[str, Any]:
     """``detect(weights, source, **options)`` with the options of :class:`~obbslim.options.DetectConfig`
     (or ``detect(DetectConfig(...))``): detect on every image of ``source``. Returns ``{run_dir,
-    task1_dir, n_images, n_det, n_tiled, n_windows, per_class, speed_ms, seconds, results}``
-    (``results``: [(path, Detections)]).
+    task1_dir, n_images, n_det, n_tiled, n_windows, n_resumed, skipped, per_class, speed_ms, seconds,
+    results}`` (``results``: [(path, Detections)] of the images detected by this call; ``skipped``:
+    [(path, reason)] of unreadable images; ``n_resumed``: images an interrupted run had finished).
 
     ``detector`` reuses a built :class:`~obbslim.inference.detector.Detector` (then ``weights`` and the
-    model options are ignored).
+    model options are ignored). ``threads`` (None: the machine's default) holds for the call.
     """
     cfg = DetectConfig.of(*args, **options)
+    with use_threads(cfg.threads):
+        return _detect(cfg, detector)
+
+
+def _detect(cfg: DetectConfig, detector: Detector | None) -> dict[str, Any]:
     files = list_sources(cfg.source)
+    ids = image_ids(files)
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
         tile=cfg.tile, gap=cfg.gap, half=cfg.half, batch=cfg.batch,
     )  # fmt: skip
     det.reset_times()
+    shared = [i for f, i in zip(files, ids) if i != Path(f).stem]
+    if shared and cfg.verbose:
+        print(f"detect: some inputs share a file stem: {plural(len(shared), 'image')} named after its folder "
+              f"instead (output and Task1 id), e.g. {shared[0]}", file=sys.stderr)  # fmt: skip
     run_dir = None
     if cfg.save_img or cfg.save_txt:
         run_dir = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
         (run_dir / "labels" if cfg.save_txt else run_dir).mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    results = _detect_files(det, files, cfg, run_dir)
+    parts = None
+    done: dict[str, list] = {}
     if cfg.save_dota is not None:
-        write_dota([(Path(f).stem, d) for f, d in results], det.names, cfg.save_dota)
+        parts = Task1Parts(cfg.save_dota, _settings(cfg, det))
+        if parts.open():
+            done = {i: rows for f, i in zip(files, ids) if (rows := parts.load(i, _source(f))) is not None}
+        if parts.note and cfg.verbose:
+            print(f"detect: {parts.note}", file=sys.stderr)
+        if done and cfg.verbose:
+            n = plural(len(done), "image")
+            print(f"detect: resuming: {n} of {len(files)} already done in {parts.dir}", file=sys.stderr)
+    todo = [(f, i) for f, i in zip(files, ids) if i not in done]
+    t0 = time.perf_counter()
+    try:
+        triples, skipped = _detect_files(det, todo, cfg, run_dir, parts)
+    except KeyboardInterrupt:
+        if parts is not None:
+            print(f"detect: interrupted; finished images are kept in {parts.dir}: rerun the same command to "
+                  "go on from there", file=sys.stderr)  # fmt: skip
+        raise
+    results = [(f, d) for f, _, d in triples]
     per_class: dict[str, int] = {}
     for _, d in results:
         for lab in d.labels:
             per_class[lab] = per_class.get(lab, 0) + 1
+    n_det = sum(len(d) for _, d in results)
+    for rows in done.values():
+        n_det += len(rows)
+        for c, _, _ in rows:
+            per_class[c] = per_class.get(c, 0) + 1
+    if parts is not None:
+        new = {i: detection_rows(d, det.names) for _, i, d in triples}
+        _write_task1(parts, ids, det.names, {**done, **new}, cfg.verbose)
     summary = {
         "run_dir": None if run_dir is None else str(run_dir),
         "task1_dir": None if cfg.save_dota is None else str(cfg.save_dota),
         "n_images": len(files),
-        "n_det": int(sum(len(d) for _, d in results)),
+        "n_det": int(n_det),
         "n_tiled": int(sum(d.windows > 1 for _, d in results)),
         "n_windows": det.n_windows,
+        "n_resumed": len(done),
+        "skipped": skipped,
         "per_class": per_class,
         "speed_ms": det.speed(),
         "seconds": time.perf_counter() - t0,
         "results": results,
     }
     if cfg.verbose:
+        for path, reason in skipped:
+            print(f"detect: skipped {path}: {reason}", file=sys.stderr)
         print(format_summary(summary, det.input_shape, det.batch))
     return summary
 
 
-def _detect_files(det: Detector, files: list[str], cfg: DetectConfig, run_dir: Path | None) -> list:
-    """[(path, Detections)] for every file, whole images per chunk (their windows share batches), with
-    the images and label files asked for written as they come."""
-    results: list[tuple[str, Any]] = []
+def _source(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def _settings(cfg: DetectConfig, det: Detector) -> dict[str, Any] | None:
+    """What decides an image's detections (None when the weights are not a file: no resume)."""
+    w = cfg.weights
+    if not isinstance(w, (str, Path)) or not Path(w).is_file():
+        return None
+    st = Path(w).stat()
+    return {
+        "weights": os.path.realpath(w), "weights_bytes": st.st_size, "weights_mtime_ns": st.st_mtime_ns,
+        "imgsz": det.imgsz, "input_shape": list(det.input_shape), "tile": det.tile, "gap": det.gap,
+        "conf": det.conf, "iou": det.iou, "max_det": det.max_det, "half": det.half, "names": list(det.names),
+    }  # fmt: skip
+
+
+def _write_task1(parts: Task1Parts, ids: list[str], names: Sequence[str], rows: dict, verbose: bool) -> None:
+    """The Task1 files from every finished image's rows, in file order; then the parts go."""
+    records: dict[str, list] = {class_key(n): [] for n in names}
+    for i in ids:
+        for c, s, p in rows.get(i, []):
+            records.setdefault(c, []).append((i, s, p))
+    task1_dir = parts.dir.parent
+    written = {p.name for p in write_task1(task1_dir, records)}
+    stale = sorted(p.name for p in task1_dir.glob("Task1_*.txt") if p.name not in written)
+    if stale and verbose:
+        print(f"detect: warning: {task1_dir} also holds {', '.join(stale)} from an earlier run (not a "
+              "class of this model): remove it before scoring or submitting the folder",
+              file=sys.stderr)  # fmt: skip
+    parts.close()
+
+
+def _detect_files(det: Detector, todo: list[tuple[str, str]], cfg: DetectConfig, run_dir: Path | None,
+                  parts: Task1Parts | None) -> tuple[list, list]:  # fmt: skip
+    """([(path, id, Detections)], [(path, reason)]) for the images to do, whole images per chunk (their
+    windows share batches), with what was asked written as each image finishes. An unreadable image
+    is skipped (its chunk is redone image by image to find it)."""
+    results: list[tuple[str, str, Any]] = []
+    skipped: list[tuple[str, str]] = []
     # disable=None: no bar when stderr is not a terminal (logs, captured output)
-    bar = tqdm(total=len(files), desc="detect", unit="img", disable=None if cfg.progress else True,
+    bar = tqdm(total=len(todo), desc="detect", unit="img", disable=None if cfg.progress else True,
                bar_format="{l_bar}{bar:10}{r_bar}")  # fmt: skip
-    for i in range(0, len(files), det.batch):
-        chunk = files[i : i + det.batch]
-        for f, d in zip(chunk, det.predict_batch(chunk)):
-            results.append((f, d))
-            stem = Path(f).stem
+    for k in range(0, len(todo), det.batch):
+        chunk = todo[k : k + det.batch]
+        for f, image_id, d in _predict_chunk(det, chunk, skipped):
+            results.append((f, image_id, d))
             if cfg.save_img:
                 out = draw_rboxes(cv2.imread(f, cv2.IMREAD_COLOR), d.rboxes, d.cls, det.names, d.scores)
                 ext = Path(f).suffix.lower()
                 ext = ext if ext in (".jpg", ".jpeg", ".png") else ".jpg"
-                cv2.imwrite(str(run_dir / f"{stem}{ext}"), out)
+                cv2.imwrite(str(run_dir / f"{image_id}{ext}"), out)
             if cfg.save_txt:
-                write_txt(run_dir / "labels" / f"{stem}.txt", d)
+                write_txt(run_dir / "labels" / f"{image_id}.txt", d)
+            if parts is not None:
+                parts.save(image_id, _source(f), detection_rows(d, det.names))
         bar.update(len(chunk))
-        bar.set_postfix_str(f"{sum(len(d) for _, d in results)} det")
+        bar.set_postfix_str(f"{sum(len(d) for _, _, d in results)} det")
     bar.close()
-    return results
+    return results, skipped
+
+
+def _predict_chunk(det: Detector, chunk: list[tuple[str, str]], skipped: list) -> list[tuple[str, str, Any]]:
+    """(path, id, Detections) of the readable images of a chunk; the others go to ``skipped``."""
+    try:
+        return [(f, i, d) for (f, i), d in zip(chunk, det.predict_batch([f for f, _ in chunk]))]
+    except InputError as e:
+        if len(chunk) == 1:
+            skipped.append((chunk[0][0], e.reason if e.path is not None else str(e)))
+            return []
+    out = []
+    for f, i in chunk:
+        out += _predict_chunk(det, [(f, i)], skipped)
+    return out
 
 
 def format_summary(s: dict[str, Any], shape: tuple[int, int], batch: int) -> str:
@@ -150,8 +292,13 @@ def format_summary(s: dict[str, Any], shape: tuple[int, int], batch: int) -> str
     top = sorted(s["per_class"].items(), key=lambda kv: -kv[1])
     counts = ", ".join(f"{n} {c}" for c, n in top[:8]) + (", ..." if len(top) > 8 else "")
     sp = s["speed_ms"]
+    extra = [f"{s['n_resumed']} done before (resumed)"] if s.get("n_resumed") else []
+    if s.get("skipped"):
+        extra.append(f"{len(s['skipped'])} skipped as unreadable")
     lines = [
-        f"{s['n_images']} images ({s['n_tiled']} tiled, {s['n_windows']} windows): {s['n_det']} detections"
+        f"{plural(s['n_images'], 'image')} ({s['n_tiled']} tiled, {plural(s['n_windows'], 'window')}"
+        + "".join(f", {x}" for x in extra)
+        + f"): {plural(s['n_det'], 'detection')}"
         + (f" ({counts})" if counts else "")
         + f" in {s['seconds']:.1f}s",
         f"Speed: {sp['preprocess']:.1f}ms pre-process, {sp['inference']:.1f}ms inference, "

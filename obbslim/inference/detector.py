@@ -28,6 +28,8 @@ from obbslim.inference.onnx_backend import OnnxModel
 from obbslim.inference.postprocess import postprocess, scale_rboxes
 from obbslim.model import load
 from obbslim.ops import rbox2poly
+from obbslim.options import DetectConfig
+from obbslim.options.inference import check_gap, default_gap
 from obbslim.utils.device import select_device
 
 
@@ -80,6 +82,8 @@ def read_image(source: str | Path | np.ndarray) -> tuple[np.ndarray, str | None]
             raise InputError(f"expected an HxWx3 BGR image array, got shape {img.shape}")
         if img.dtype != np.uint8:
             raise InputError(f"expected a uint8 image array, got {img.dtype}")
+        if img.shape[0] == 0 or img.shape[1] == 0:
+            raise InputError(f"empty image array (shape {img.shape})")
         return img, None
     path = Path(source)
     if not path.is_file():
@@ -127,7 +131,9 @@ class Detector:
     ``weights``: a ``.pt`` checkpoint, an ``.onnx`` export, or a model object (an ``OBBModel``, or any
     callable taking float [B, 3, H, W] in 0..1 and returning decoded ``[B, N, 6 + nc (+ 180)]`` or a
     tuple whose first item is that). ``tile`` defaults to ``imgsz``; images larger than ``tile`` on
-    either side are tiled, windows overlapping by ``gap`` (a ``gap >= tile`` becomes ``tile // 5``).
+    either side are tiled, windows overlapping by ``gap`` (default 200, or ``tile // 5`` for tiles of
+    200 px or less; a ``gap >= tile`` is an error). The options are checked as
+    :class:`~obbslim.options.DetectConfig` checks them (``conf`` in [0, 1], ...).
     ``half`` runs fp16 on CUDA (ignored on CPU). ``batch`` windows go through the network at once.
     ``merge_iou`` is the IoU of the tile merge (0.1, the DOTA devkit's).
     ``theta_refine``: sub-bin angle from the CSL bins. Off by default: benchmarks/bench_theta_refine.py
@@ -144,7 +150,7 @@ class Detector:
         iou: float = 0.4,
         max_det: int = 1000,
         tile: int | None = None,
-        gap: int = 200,
+        gap: int | None = None,
         half: bool = False,
         batch: int = 8,
         theta_refine: bool = False,
@@ -152,6 +158,8 @@ class Detector:
         multi_label: bool = False,
         names: Sequence[str] | None = None,
     ):
+        DetectConfig.check_values(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, tile=tile, gap=gap,
+                                  batch=batch)  # fmt: skip
         self.device = select_device(device)
         self.model, self.names, self.backend = load_weights(weights, self.device, names)
         imgsz = int(imgsz)
@@ -164,11 +172,10 @@ class Detector:
             self.input_shape = (imgsz, imgsz)
         self.imgsz = imgsz
         self.tile = int(tile) if tile else imgsz
-        self.gap = int(gap) if int(gap) < self.tile else self.tile // 5  # the 200 default vs small tiles
-        if self.tile <= 0 or self.gap < 0:
-            raise ObbslimError(f"need tile > 0 and 0 <= gap < tile, got tile={self.tile} gap={self.gap}")
+        check_gap(DetectConfig, gap, self.tile, "tile" if tile else "the input size")
+        self.gap = default_gap(self.tile) if gap is None else int(gap)
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
-        self.batch = max(int(batch), 1)
+        self.batch = int(batch)
         self.merge_iou = float(merge_iou)
         self.multi_label = bool(multi_label)
         self.half = bool(half) and self.device.type == "cuda" and self.backend == "torch"

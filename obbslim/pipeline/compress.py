@@ -229,7 +229,8 @@ class _Pipeline:
                 return {"last": str(last), "best_epoch": ck.get("best_epoch", -1), "stopped": None}
             c = self.cfg
             res = stage.fn(
-                resume=str(last), project=self.dir, device=c.device, workers=c.workers, verbose=c.verbose
+                resume=str(last), project=self.dir, device=c.device, workers=c.workers, threads=c.threads,
+                verbose=c.verbose,
             )
         if stage.resumable and res.get("stopped") == "signal":
             raise StageInterrupted(stage.name, res.get("signal"))
