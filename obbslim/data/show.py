@@ -8,6 +8,7 @@ engine; ``show_dataset`` is the library side of ``obbslim show``.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -191,18 +192,24 @@ def show_dataset(
     Writes ``out/<image stem>.jpg`` for the first ``n`` images (original labels, difficult objects
     in white, long side shrunk to ``max_size``), ``out/<split>_batch0.jpg`` (a grid of up to 16
     dataset items as the model sees them: augmented with ``augment``, else letterboxed) and
-    ``out/labels.png`` (statistics of every object of the split).
+    ``out/labels.png`` (statistics of every object of the split). The split's scan report (what was
+    skipped, and why) is printed to stderr; an image that cannot be decoded is skipped with a message.
     """
+    ShowConfig(data=data, split=split, out=out, n=n, augment=augment, imgsz=imgsz, seed=seed, hyp=hyp)
     d = load_data_yaml(data)
     names = d["names"]
-    samples, _ = load_split(d, split, cache=cache, verbose=False)
+    samples, _ = load_split(d, split, cache=cache, verbose=True)
+    if not samples:
+        raise InputError(f"split {split!r} has no usable images", d.get("yaml_file"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for s in samples[: max(n, 0)]:
+    for s in samples[:n]:
         img = cv2.imread(str(s.im_file), cv2.IMREAD_COLOR)
         if img is None:
-            raise InputError("cannot read image", s.im_file)
+            print(f"show: skipped {s.im_file}: cannot read image (corrupt or unsupported format)",
+                  file=sys.stderr)  # fmt: skip
+            continue
         r = to_rboxes(s.polys)
         f = min(1.0, max_size / max(img.shape[:2]))
         if f < 1:

@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import onnxruntime
@@ -25,14 +26,17 @@ import torch
 from torch import nn
 
 from obbslim.data.dataset import build_dataloader
+from obbslim.data.labels import load_data_yaml, load_split
 from obbslim.deploy.export import export_onnx
-from obbslim.errors import ObbslimError
+from obbslim.errors import InputError, ObbslimError
 from obbslim.eval.metrics import validate
+from obbslim.eval.val import check_model_classes, check_scan
 from obbslim.inference.onnx_backend import OnnxModel
 from obbslim.model import load, model_info, read_checkpoint
 from obbslim.options import BenchmarkConfig
 from obbslim.utils.device import select_device
 from obbslim.utils.io import atomic_write_bytes, atomic_write_text
+from obbslim.utils.threads import default_threads
 
 COLUMNS = [  # (key, header, format)
     ("mAP50", "mAP50", "{:.4f}"),
@@ -195,18 +199,25 @@ def benchmark(*args: Any, **options: Any) -> dict:
     cfg = BenchmarkConfig.of(*args, **options)
     if not cfg.weights:
         raise ObbslimError("benchmark: no weights given")
+    d = load_data_yaml(cfg.data)
     for w in cfg.weights:  # fail before the (long) runs, with the file's name
-        read_checkpoint(w)
+        ck = read_checkpoint(w)
+        own = SimpleNamespace(nc=ck["arch"].get("nc"), names=ck.get("names"))
+        check_model_classes(own, d["names"], w, d.get("yaml_file"), cfg.verbose)
     labels = _labels(cfg.weights, cfg.names)
     dev = select_device(cfg.device)
     threads_before = torch.get_num_threads()
-    torch_threads = int(cfg.threads) if cfg.threads else threads_before
+    torch_threads = int(cfg.threads) if cfg.threads else default_threads()
     out = Path(cfg.out) if cfg.out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    loader = build_dataloader(cfg.data, "val", cfg.imgsz, cfg.batch, augment=False, workers=cfg.workers)
+    samples, scan = load_split(d, "val", verbose=cfg.verbose)
+    check_scan(scan, d.get("yaml_file"))
+    if not samples:
+        raise InputError("the val split has no usable images", d.get("yaml_file"))
+    loader = build_dataloader(samples, "val", cfg.imgsz, cfg.batch, augment=False, workers=cfg.workers)
     if cfg.verbose:
-        ort_txt = f", ONNX Runtime threads {cfg.threads or 'default'}" if cfg.onnx else ""
+        ort_txt = f", ONNX Runtime threads {torch_threads}" if cfg.onnx else ""
         n, size = len(loader.dataset), f"{cfg.imgsz}x{cfg.imgsz}"
         print(f"benchmark: {len(cfg.weights)} models, {n} val images, {size}, {dev}, "
               f"PyTorch threads {torch_threads}{ort_txt}")  # fmt: skip
@@ -228,7 +239,7 @@ def benchmark(*args: Any, **options: Any) -> dict:
             "n_val_images": len(loader.dataset), "imgsz": cfg.imgsz, "device": str(dev),
             "onnx": bool(cfg.onnx),
             "runs": cfg.runs, "warmup": cfg.warmup, "torch_threads": torch_threads,
-            "ort_threads": cfg.threads or "default (physical cores)", "batch": 1,
+            "ort_threads": torch_threads, "batch": 1,
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
         },
     }  # fmt: skip
@@ -252,7 +263,7 @@ def _row(cfg: BenchmarkConfig, w: Any, label: str, loader: Any, dev: torch.devic
     if cfg.onnx:
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if dev.type == "cuda" else None
         p = export_onnx(w, imgsz=cfg.imgsz, out=onnx_dir / f"{label.replace('/', '_')}.onnx", verbose=False)
-        om = OnnxModel(p, providers=providers or ["CPUExecutionProvider"], threads=cfg.threads)
+        om = OnnxModel(p, providers=providers or ["CPUExecutionProvider"], threads=torch.get_num_threads())
         xn = x.cpu().numpy()
         lat_o = time_fn(lambda om=om, xn=xn: om.run_numpy(xn), cfg.runs, cfg.warmup)
     row = {

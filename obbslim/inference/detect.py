@@ -177,6 +177,10 @@ def _detect(cfg: DetectConfig, detector: Detector | None) -> dict[str, Any]:
             print(f"detect: interrupted; finished images are kept in {parts.dir}: rerun the same command to "
                   "go on from there", file=sys.stderr)  # fmt: skip
         raise
+    if skipped and len(skipped) == len(files):
+        path, reason = skipped[0]
+        more = f" (and the other {plural(len(skipped) - 1, 'image')})" if len(skipped) > 1 else ""
+        raise InputError(f"{reason}{more}: no image could be read", path)
     results = [(f, d) for f, _, d in triples]
     per_class: dict[str, int] = {}
     for _, d in results:
