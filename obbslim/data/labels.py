@@ -76,10 +76,11 @@ class ScanReport:
     cache_file: str | None = None
 
     def summary(self, max_messages: int = 5) -> str:
+        dropped = plural(self.dropped_degenerate, "degenerate polygon")
         head = (
-            f"{self.split}: {self.found} images found, {self.used} used ({self.background} background), "
-            f"{self.skipped_bad} skipped as bad, {self.dropped_degenerate} degenerate polygons dropped, "
-            f"{self.orphans} orphan label files; {self.objects} objects"
+            f"{self.split}: {plural(self.found, 'image')} found, {self.used} used ({self.background} "
+            f"background), {self.skipped_bad} skipped as bad, {dropped} dropped, "
+            f"{plural(self.orphans, 'orphan label file')}; {plural(self.objects, 'object')}"
             f" [{self.label_format or 'no labels'}{', from cache' if self.from_cache else ''}]"
         )
         lines = [head]

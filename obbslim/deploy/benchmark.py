@@ -15,6 +15,7 @@ import io
 import json
 import math
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -211,8 +212,10 @@ def benchmark(*args: Any, **options: Any) -> dict:
     out = Path(cfg.out) if cfg.out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    samples, scan = load_split(d, "val", verbose=cfg.verbose)
+    samples, scan = load_split(d, "val", verbose=False)
     check_scan(scan, d.get("yaml_file"))
+    if cfg.verbose:
+        print(scan.summary(), file=sys.stderr)
     if not samples:
         raise InputError("the val split has no usable images", d.get("yaml_file"))
     loader = build_dataloader(samples, "val", cfg.imgsz, cfg.batch, augment=False, workers=cfg.workers)

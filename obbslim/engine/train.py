@@ -550,8 +550,6 @@ def build_state(
     the callbacks' ``before_train``, SyncBN/DDP, loaders, the run folder."""
     log = print if (info.main and cfg.verbose) else (lambda *a, **k: None)
     cfg, ckpt, save_dir = _resolve_run(cfg, callbacks, log)
-    if info.main:
-        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed + 1 + max(info.rank, 0))
     # an older checkpoint may lack newer keys; the user's --hyp is checked, a checkpoint's is taken as it is
     hyp = load_hyp(ckpt["hyp"], stored=True) if ckpt else load_hyp(cfg.hyp)
@@ -563,6 +561,8 @@ def build_state(
     if ckpt is None:  # optimizer auto -> the one that suits the schedule's length (stored in hyp.yaml)
         hyp = resolve_optimizer(hyp, len(train_samples), cfg.batch, int(cfg.epochs), len(names))
     net, imgsz = _build_model(cfg, ckpt, names, hyp, train_samples, log)
+    if info.main:  # only now: bad options, data, hyp or model leave no empty run folder behind
+        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
     net.to(dev)
     if cfg.channels_last and dev.type == "cuda":
         net.to(memory_format=torch.channels_last)

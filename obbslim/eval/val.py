@@ -103,13 +103,13 @@ def val(*args: Any, detector: Any = None, **options: Any) -> dict[str, Any]:
 
 def _val(cfg: ValConfig, detector: Any) -> dict[str, Any]:
     run_dir = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.full_images is not None:
         out = _val_full_images(cfg, run_dir, detector)
     elif cfg.data is None:
         raise ObbslimError("val needs --data (a dataset YAML) unless --full-images is given")
     else:
         out = _val_split(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no empty run folder
     res07, res12, classes = out.pop("res07"), out.pop("res12"), out.pop("classes")
     rows = metric_rows(res07, res12, classes)
     allrow = rows["all"]
@@ -145,9 +145,12 @@ def _val_split(cfg: ValConfig) -> dict:
     dev = select_device(cfg.device)
     model = load(weights, device=dev) if isinstance(weights, (str, Path)) else weights.to(dev)
     d = load_data_yaml(cfg.data)
-    check_model_classes(model, d["names"], weights, d.get("yaml_file"), cfg.verbose)
-    samples, report = load_split(d, cfg.split, verbose=cfg.verbose)
+    check_model_classes(model, d["names"], weights, d.get("yaml_file"), verbose=False)
+    samples, report = load_split(d, cfg.split, verbose=False)
     check_scan(report, d.get("yaml_file"))
+    if cfg.verbose:  # what the scan skipped, and why; then whether the model's names differ
+        print(report.summary(), file=sys.stderr)
+        check_model_classes(model, d["names"], weights, d.get("yaml_file"), verbose=True)
     if not samples:
         raise InputError(f"split {cfg.split!r} has no usable images", d.get("yaml_file"))
     stride = int(model.stride.max())

@@ -160,6 +160,7 @@ class Detector:
     ):
         DetectConfig.check_values(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, tile=tile, gap=gap,
                                   batch=batch)  # fmt: skip
+        check_gap(DetectConfig, gap, tile or imgsz, "tile" if tile else "the input size")  # before loading
         self.device = select_device(device)
         self.model, self.names, self.backend = load_weights(weights, self.device, names)
         imgsz = int(imgsz)

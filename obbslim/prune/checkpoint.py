@@ -60,9 +60,12 @@ def _prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
     samples: list = []
     if data is not None:
         d = load_data_yaml(data)
-        check_model_classes(model, d["names"], weights, d.get("yaml_file"), cfg.verbose)
-        samples, scan = load_split(d, "val", verbose=cfg.verbose)
+        check_model_classes(model, d["names"], weights, d.get("yaml_file"), verbose=False)
+        samples, scan = load_split(d, "val", verbose=False)
         check_scan(scan, d.get("yaml_file"))
+        if cfg.verbose:
+            print(scan.summary(), file=sys.stderr)
+            check_model_classes(model, d["names"], weights, d.get("yaml_file"), verbose=True)
         if not samples:
             raise InputError("the val split has no usable images to measure mAP50 on", d.get("yaml_file"))
     before = copy.deepcopy(model)
