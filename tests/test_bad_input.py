@@ -115,8 +115,8 @@ OPTION_CASES = [
     (["show", "d.yaml", "--out", "o", "--imgsz", "0"], "--imgsz must be >= 32"),
     (["show", "d.yaml", "--out", "o", "--n", "-1"], "--n must be >= 0, got -1"),
     (["benchmark", "--weights", "a.pt", *D, "--runs", "0"], "--runs must be >= 1, got 0"),
-    (["compress", *D, "--prune-ratio", "2"], "--prune-ratio must be in [0, 1], got 2"),
-    (["compress", *D, "--prune-ratio", "0.5", "--epochs-base", "0"], "--epochs-base must be >= 1, got 0"),
+    (["compress", *D, "--prune-ratio", "1"], "--prune-ratio must be in (0, 1), got 1"),
+    (["compress", *D, "--prune-ratio", "0.5", "--epochs-sparse", "0"], "--epochs-sparse must be >= 1, got 0"),
     (["demo", "--threads", "0"], "--threads must be >= 1, got 0"),
     (["evaluate", "det", "ann", "--threads", "-2"], "--threads must be >= 1, got -2"),
 ]

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from obbslim.options.base import Options, option, threads_option, workers_option
-from obbslim.options.checks import COUNT, FRACTION, IMGSZ, THREADS, at_least, non_negative
+from obbslim.options.checks import COUNT, IMGSZ, THREADS, at_least, between, non_negative
 from obbslim.options.train import SPARSITY_SCHEDULES, SPARSITY_WEIGHTINGS
+
+OPEN_FRACTION = between(0.0, 1.0, low_open=True, high_open=True)
 
 
 @dataclass
@@ -22,10 +24,10 @@ class CompressConfig(Options):
     model: str | Path = option("yolov5s-obb.yaml", "model spec of the baseline (yolov5{n,s,m,l,x}-obb.yaml)")
     teacher: str | Path | None = option(None, "a trained checkpoint .pt: skips the baseline training")
     prune_ratio: float | None = option(None, "fraction of the prunable BN channels removed", type=float,
-                                       check=FRACTION)  # fmt: skip
+                                       check=OPEN_FRACTION)  # fmt: skip
     target_flops: float | None = option(None, "fraction of the GFLOPs kept (instead)", type=float,
-                                        check=FRACTION)  # fmt: skip
-    epochs_base: int = option(100, "baseline training epochs", check=COUNT)
+                                        check=OPEN_FRACTION)  # fmt: skip
+    epochs_base: int = option(100, "baseline training epochs (0 only with --teacher)", check=at_least(0))
     epochs_sparse: int = option(100, "sparsity training epochs", check=COUNT)
     epochs_distill: int = option(50, "epochs of distillation and of fine-tuning", check=COUNT)
     sparsity: float = option(1e-3, "L1 on the BN scales", metavar="LAMBDA", check=non_negative())
