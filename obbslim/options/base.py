@@ -65,13 +65,14 @@ def threads_option(help: str = "CPU threads", **kw: Any) -> Any:
     """``--threads N`` (None: ``$OMP_NUM_THREADS``, else the cores - 1; see :mod:`obbslim.utils.threads`).
     It describes the machine, not the result: a resumed run may change it and records leave it out."""
     kw = {"runtime": True, "record": False, **kw}
-    return option(None, f"{help} (default: $OMP_NUM_THREADS, else the cores - 1)", type=int, metavar="N",
+    return option(None, f"{help} (default: $OMP_NUM_THREADS, else all cores but one)", type=int, metavar="N",
                   check=THREADS, **kw)  # fmt: skip
 
 
 def workers_option(help: str = "dataloader workers", **kw: Any) -> Any:
     """``--workers N`` (None: ``min(8, cores - 1)``, see :func:`obbslim.utils.threads.default_workers`)."""
-    return option(None, f"{help} (default: min(8, cores - 1))", type=int, metavar="N", check=WORKERS, **kw)
+    return option(None, f"{help} (default: all cores but one, at most 8)", type=int, metavar="N",
+                  check=WORKERS, **kw)  # fmt: skip
 
 
 def plain(value: Any) -> Any:
