@@ -165,6 +165,15 @@ def test_python_api_checks_the_same_ranges(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_input_size_must_fit_the_models_stride(capsys, tiny, synth, tmp_path):
+    message = "--imgsz 100 must be a multiple of the model's largest stride, 32 (96 or 128)"
+    src = synth.parent / "images" / "val"
+    assert_one_line_error(capsys, ["detect", "--weights", tiny, "--source", src, "--imgsz", "100"], message)
+    argv = ["benchmark", "--weights", tiny, "--data", synth, "--imgsz", "100", "--out", tmp_path / "b"]
+    assert_one_line_error(capsys, argv, message)
+    assert not (tmp_path / "b").exists()
+
+
 def test_detector_refuses_an_empty_image(tiny):
     from obbslim.inference.detector import Detector
 

@@ -32,6 +32,7 @@ from obbslim.deploy.export import export_onnx
 from obbslim.errors import InputError, ObbslimError
 from obbslim.eval.metrics import validate
 from obbslim.eval.val import check_model_classes, check_scan
+from obbslim.inference.detector import check_stride
 from obbslim.inference.onnx_backend import OnnxModel
 from obbslim.model import load, model_info, read_checkpoint
 from obbslim.options import BenchmarkConfig
@@ -203,8 +204,10 @@ def benchmark(*args: Any, **options: Any) -> dict:
     d = load_data_yaml(cfg.data)
     for w in cfg.weights:  # fail before the (long) runs, with the file's name
         ck = read_checkpoint(w)
-        own = SimpleNamespace(nc=ck["arch"].get("nc"), names=ck.get("names"))
+        arch = ck["arch"]
+        own = SimpleNamespace(nc=arch.get("nc"), names=ck.get("names"), stride=arch.get("strides"))
         check_model_classes(own, d["names"], w, d.get("yaml_file"), cfg.verbose)
+        check_stride(own, cfg.imgsz)
     labels = _labels(cfg.weights, cfg.names)
     dev = select_device(cfg.device)
     threads_before = torch.get_num_threads()

@@ -234,6 +234,12 @@ def _val_full_images(cfg: ValConfig, run_dir: Path, detector: Any) -> dict:
     res07 = evaluate_dota(task1_dir, ann_dir, imageset, metric="voc07", iou_thr=0.5)
     res12 = evaluate_dota(task1_dir, ann_dir, imageset, metric="voc12", iou_thr=IOU_THRS)
     classes = [c for c in res07["per_class"] if res07["n_gt"].get(c, 0) > 0]
+    known = {normalize_name(n) for n in det.names}
+    unknown = [c for c in classes if normalize_name(c) not in known]
+    if unknown and cfg.verbose:
+        what = plural(len(unknown), "class", "classes")
+        print(f"warning: the labels of {ann_dir} have {what} the model does not predict (AP 0): "
+              f"{', '.join(unknown)}", file=sys.stderr)  # fmt: skip
     return {
         "res07": res07,
         "res12": res12,

@@ -125,6 +125,19 @@ def load_weights(
     return model, list(names or model.names), "torch"
 
 
+def check_stride(model: object, imgsz: int) -> None:
+    """A square input of ``imgsz`` must be a multiple of the model's largest stride (its feature maps
+    would not line up); models without a ``stride`` are not checked."""
+    stride = getattr(model, "stride", None)
+    if stride is None:
+        return
+    s = int(max(float(v) for v in stride))
+    if s > 0 and imgsz % s:
+        lo, hi = imgsz // s * s, (imgsz // s + 1) * s
+        near = f"{lo} or {hi}" if lo else str(hi)
+        raise ObbslimError(f"--imgsz {imgsz} must be a multiple of the model's largest stride, {s} ({near})")
+
+
 class Detector:
     """Rotated-box detector over images of any size (see the module doc).
 
@@ -170,6 +183,7 @@ class Detector:
                 imgsz = max(h, w)
             self.input_shape = (int(h), int(w))
         else:
+            check_stride(self.model, imgsz)
             self.input_shape = (imgsz, imgsz)
         self.imgsz = imgsz
         self.tile = int(tile) if tile else imgsz
