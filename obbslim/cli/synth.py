@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from obbslim.options import SynthConfig
+from obbslim.utils.text import plural
 
 
 def add_parser(subparsers) -> None:
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     c = SynthConfig.from_args(args)
     yaml_file = make_synthetic(**c.kwargs())
     n_val = int(round(c.n_images * c.val_frac))
-    print(f"synth: {c.n_images} images of {c.size} px ({c.n_images - n_val} train, {n_val} val) written to "
-          f"{c.dst}/images and {c.dst}/labelTxt; dataset YAML:", file=sys.stderr)  # fmt: skip
+    print(f"synth: {plural(c.n_images, 'image')} of {c.size} px ({c.n_images - n_val} train, {n_val} val) "
+          f"written to {c.dst}/images and {c.dst}/labelTxt; dataset YAML:", file=sys.stderr)  # fmt: skip
     print(yaml_file)
     return 0

@@ -88,7 +88,7 @@ class ScanReport:
             lines.append(f"  {self.unknown_text()}")
         lines += [f"  {m}" for m in self.messages[:max_messages]]
         if len(self.messages) > max_messages:
-            lines.append(f"  ... and {len(self.messages) - max_messages} more messages")
+            lines.append(f"  ... and {plural(len(self.messages) - max_messages, 'more message')}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 

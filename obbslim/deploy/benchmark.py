@@ -38,6 +38,7 @@ from obbslim.model import load, model_info, read_checkpoint
 from obbslim.options import BenchmarkConfig
 from obbslim.utils.device import select_device
 from obbslim.utils.io import atomic_write_bytes, atomic_write_text
+from obbslim.utils.text import plural
 from obbslim.utils.threads import default_threads
 
 COLUMNS = [  # (key, header, format)
@@ -140,7 +141,8 @@ def format_markdown(result: dict) -> str:
     s = result["settings"]
     notes = [
         "",
-        f"Data: {s['data']} (val split, {s['n_val_images']} images); input {s['imgsz']}x{s['imgsz']}; "
+        f"Data: {s['data']} (val split, {plural(s['n_val_images'], 'image')}); "
+        f"input {s['imgsz']}x{s['imgsz']}; "
         f"device {s['device']}; threads: PyTorch {s['torch_threads']}"
         + (f", ONNX Runtime {s['ort_threads']}" if s.get("onnx") else "") + ".",
         f"Latency: batch 1, median of {s['runs']} runs after {s['warmup']} warm-up runs, forward + decode "
@@ -225,7 +227,7 @@ def benchmark(*args: Any, **options: Any) -> dict:
     if cfg.verbose:
         ort_txt = f", ONNX Runtime threads {torch_threads}" if cfg.onnx else ""
         n, size = len(loader.dataset), f"{cfg.imgsz}x{cfg.imgsz}"
-        print(f"benchmark: {len(cfg.weights)} models, {n} val images, {size}, {dev}, "
+        print(f"benchmark: {plural(len(cfg.weights), 'model')}, {plural(n, 'val image')}, {size}, {dev}, "
               f"PyTorch threads {torch_threads}{ort_txt}")  # fmt: skip
     torch.set_num_threads(torch_threads)  # restored below: the caller's setting is not ours to keep
     try:
