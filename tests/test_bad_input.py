@@ -595,10 +595,14 @@ def test_interrupted_detect_resumes_and_writes_the_same_task1_files(synth, tiny,
         src,
         save_dota=out,
         detector=Counting(tiny, device="cpu", imgsz=64, conf=0.001, max_det=20, batch=1),
+        save_txt=True,
+        project=tmp_path / "runs",
         **opts,
     )
     assert Counting.calls == 1 and r["n_resumed"] == 1 and r["n_det"] == whole["n_det"]
     assert "resuming: 1 image of 2 already done" in capsys.readouterr().err
+    labels = sorted((Path(r["run_dir"]) / "labels").glob("*.txt"))  # the resumed image's too
+    assert len(labels) == 2 and sum(len(p.read_text().splitlines()) for p in labels) == whole["n_det"]
     for p in sorted((tmp_path / "whole").glob("Task1_*.txt")):
         assert (out / p.name).read_bytes() == p.read_bytes()  # byte for byte what an uninterrupted run writes
     assert not (out / ".detect").exists()

@@ -13,8 +13,9 @@ Outputs (under ``project/name``, created only when something is saved):
 - ``--save-dota DIR``: ``Task1_<class>.txt`` (``image score x1 ... y4``), the DOTA evaluation
   server's submission format, one file per class (empty ones too). Results are kept per image in
   ``DIR/.detect/`` as images finish (:mod:`obbslim.inference.task1_parts`): rerunning the same
-  command after an interruption or a crash resumes where it stopped; the Task1 files are written
-  (atomically) once every image is done.
+  command after an interruption or a crash resumes where it stopped (``--save-img``/``--save-txt``
+  of the resumed run cover the finished images too); the Task1 files are written (atomically) once
+  every image is done.
 
 An image that cannot be read (truncated, corrupt, not an image) is skipped, named and counted; the
 run goes on.
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
 from obbslim.data.classes import class_key
@@ -37,8 +39,9 @@ from obbslim.data.imageinfo import IMG_FORMATS
 from obbslim.data.labeltxt import write_task1
 from obbslim.data.show import draw_rboxes
 from obbslim.errors import InputError
-from obbslim.inference.detector import Detector
+from obbslim.inference.detector import Detections, Detector
 from obbslim.inference.task1_parts import Task1Parts, detection_rows
+from obbslim.ops import poly2rbox
 from obbslim.options import DetectConfig
 from obbslim.utils.io import atomic_write_text, increment_path
 from obbslim.utils.text import plural
@@ -169,6 +172,11 @@ def _detect(cfg: DetectConfig, detector: Detector | None) -> dict[str, Any]:
             n = plural(len(done), "image")
             print(f"detect: resuming: {n} of {len(files)} already done in {parts.dir}", file=sys.stderr)
     todo = [(f, i) for f, i in zip(files, ids) if i not in done]
+    if run_dir is not None:  # a resumed image's --save-img / --save-txt go into this run's folder too
+        for f, i in zip(files, ids):
+            if i in done:
+                d = detections_from_rows(done[i], det.names, f)
+                _save_image_outputs(f, i, d, cfg, run_dir, det.names)
     t0 = time.perf_counter()
     try:
         triples, skipped = _detect_files(det, todo, cfg, run_dir, parts)
@@ -262,19 +270,38 @@ def _detect_files(det: Detector, todo: list[tuple[str, str]], cfg: DetectConfig,
         chunk = todo[k : k + det.batch]
         for f, image_id, d in _predict_chunk(det, chunk, skipped):
             results.append((f, image_id, d))
-            if cfg.save_img:
-                out = draw_rboxes(cv2.imread(f, cv2.IMREAD_COLOR), d.rboxes, d.cls, det.names, d.scores)
-                ext = Path(f).suffix.lower()
-                ext = ext if ext in (".jpg", ".jpeg", ".png") else ".jpg"
-                cv2.imwrite(str(run_dir / f"{image_id}{ext}"), out)
-            if cfg.save_txt:
-                write_txt(run_dir / "labels" / f"{image_id}.txt", d)
+            _save_image_outputs(f, image_id, d, cfg, run_dir, det.names)
             if parts is not None:
                 parts.save(image_id, _source(f), detection_rows(d, det.names))
         bar.update(len(chunk))
         bar.set_postfix_str(f"{sum(len(d) for _, _, d in results)} det")
     bar.close()
     return results, skipped
+
+
+def _save_image_outputs(f: str, image_id: str, d: Any, cfg: DetectConfig, run_dir: Path | None,
+                        names: Sequence[str]) -> None:  # fmt: skip
+    """``--save-img`` and ``--save-txt`` of one image."""
+    if cfg.save_img:
+        out = draw_rboxes(cv2.imread(f, cv2.IMREAD_COLOR), d.rboxes, d.cls, names, d.scores)
+        ext = Path(f).suffix.lower()
+        ext = ext if ext in (".jpg", ".jpeg", ".png") else ".jpg"
+        cv2.imwrite(str(run_dir / f"{image_id}{ext}"), out)
+    if cfg.save_txt:
+        write_txt(run_dir / "labels" / f"{image_id}.txt", d)
+
+
+def detections_from_rows(rows: list, names: Sequence[str], path: str | None = None) -> Detections:
+    """A ``Detections`` back from stored ``(class, score, poly8)`` rows (a resumed image's)."""
+    index = {class_key(n): i for i, n in enumerate(names)}
+    polys = np.array([p for _, _, p in rows], np.float64).reshape(-1, 8)
+    return Detections(
+        rboxes=np.asarray(poly2rbox(polys), np.float64).reshape(-1, 5),
+        scores=np.array([s for _, s, _ in rows], np.float64),
+        cls=np.array([index.get(c, -1) for c, _, _ in rows], np.int64),
+        names=list(names),
+        path=path,
+    )
 
 
 def _predict_chunk(det: Detector, chunk: list[tuple[str, str]], skipped: list) -> list[tuple[str, str, Any]]:
