@@ -186,6 +186,8 @@ def _detect(cfg: DetectConfig, detector: Detector | None) -> dict[str, Any]:
                   "go on from there", file=sys.stderr)  # fmt: skip
         raise
     if skipped and len(skipped) == len(files):
+        if parts is not None:
+            parts.close()  # nothing was done: no parts folder left behind
         path, reason = skipped[0]
         more = f" (and the other {plural(len(skipped) - 1, 'image')})" if len(skipped) > 1 else ""
         raise InputError(f"{reason}{more}: no image could be read", path)
