@@ -662,18 +662,7 @@ def test_threads_default_to_the_environment_or_cores_minus_one(monkeypatch):
 
 def test_every_computing_command_takes_threads():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    computing = (
-        "train",
-        "distill",
-        "val",
-        "detect",
-        "export",
-        "prune",
-        "benchmark",
-        "compress",
-        "demo",
-        "evaluate",
-    )
+    computing = "train distill val detect export prune benchmark compress demo evaluate show".split()
     for name in computing:
         assert "--threads" in sub.choices[name]._option_string_actions, name
     assert "%%" not in sub.choices["benchmark"].format_help()

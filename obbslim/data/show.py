@@ -22,6 +22,7 @@ from obbslim.data.labels import load_data_yaml, load_split
 from obbslim.errors import InputError, ObbslimError
 from obbslim.ops import rbox2poly
 from obbslim.options import ShowConfig
+from obbslim.utils.threads import use_threads
 
 __all__ = ["class_color", "draw_rboxes", "plot_batch", "plot_labels", "show_dataset", "DIFFICULT_COLOR"]
 
@@ -184,6 +185,7 @@ def show_dataset(
     imgsz: int = ShowConfig.imgsz,
     seed: int = ShowConfig.seed,
     hyp: str | Path | dict[str, Any] | None = ShowConfig.hyp,
+    threads: int | None = ShowConfig.threads,
     cache: bool = True,
     max_size: int = 2048,
 ) -> list[Path]:
@@ -194,8 +196,18 @@ def show_dataset(
     dataset items as the model sees them: augmented with ``augment``, else letterboxed) and
     ``out/labels.png`` (statistics of every object of the split). The split's scan report (what was
     skipped, and why) is printed to stderr; an image that cannot be decoded is skipped with a message.
+    ``threads`` (None: the machine's default) holds for the call.
     """
-    ShowConfig(data=data, split=split, out=out, n=n, augment=augment, imgsz=imgsz, seed=seed, hyp=hyp)
+    ShowConfig(data=data, split=split, out=out, n=n, augment=augment, imgsz=imgsz, seed=seed, hyp=hyp,
+               threads=threads)  # fmt: skip
+    with use_threads(threads):
+        return _show(data, split, Path(out), n, augment, imgsz, seed, hyp, cache, max_size)
+
+
+def _show(
+    data: Any, split: str, out: Path, n: int, augment: bool, imgsz: int, seed: int, hyp: Any, cache: bool,
+    max_size: int,
+) -> list[Path]:
     d = load_data_yaml(data)
     names = d["names"]
     samples, _ = load_split(d, split, cache=cache, verbose=True)

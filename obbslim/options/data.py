@@ -76,6 +76,7 @@ class ShowConfig(Options):
     seed: int = option(0, "augmentation seed (default: 0)")
     hyp: str | Path | dict | None = option(None, "hyperparameter YAML (default: the project defaults)",
                                            type=str, metavar="YAML")  # fmt: skip
+    threads: int | None = threads_option()
 
 
 @dataclass
