@@ -313,7 +313,6 @@ def test_val_refuses_a_checkpoint_for_another_number_of_classes(capsys, synth, t
         ],
         "three.pt predicts 3 classes but the dataset",
     )
-    assert not (tmp_path / "runs").exists()
 
 
 def test_val_refuses_labels_whose_class_names_the_yaml_does_not_list(capsys, synth, tiny, tmp_path):
@@ -587,7 +586,7 @@ def test_interrupted_detect_resumes_and_writes_the_same_task1_files(synth, tiny,
             detector=Counting(tiny, device="cpu", imgsz=64, conf=0.001, max_det=20, batch=1),
             **opts,
         )
-    assert "rerun the same command to go on" in capsys.readouterr().err
+    assert "1 finished image kept in" in capsys.readouterr().err
     assert len(list((out / ".detect").glob("*.txt"))) == 1 and not list(out.glob("Task1_*.txt"))
     Counting.calls, Counting.stop_at = 0, None
     r = detect(

@@ -7,6 +7,7 @@ full ``cv2.imread``.
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -84,6 +85,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
                 f.seek(0)
                 hw = _jpeg_size(f, size)
     except OSError as e:
+        if path.is_symlink() and not path.exists():
+            raise InputError(f"broken symbolic link (to {os.readlink(path)})", path) from None
         raise InputError(f"unreadable image ({e.strerror or e})", path) from None
     except (ValueError, struct.error) as e:
         raise InputError(f"corrupt image: {e}", path) from None

@@ -23,6 +23,7 @@ from obbslim.data.imageinfo import IMG_FORMATS, image_size
 from obbslim.data.labeltxt import read_labeltxt
 from obbslim.errors import InputError
 from obbslim.ops import quad_area
+from obbslim.utils.names import check_name
 from obbslim.utils.text import plural
 
 SPLITS = ("train", "val", "test")
@@ -127,6 +128,8 @@ def _parse_names(names: Any, where: str | None) -> list[str]:
         )
     if not out:
         raise InputError("'names' is empty", where)
+    for n in out:  # class names become Task1_<name>.txt: refused here, where they enter
+        check_name(n, "class name", where)
     try:
         class_index(out)
     except ValueError as e:
@@ -206,7 +209,12 @@ def list_images(sources: str | Iterable[str]) -> list[str]:
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            files += [str(q) for q in p.rglob("*") if q.suffix.lower() in IMG_FORMATS and q.is_file()]
+            # a broken symlink is listed too: the scan reports it (image skipped) instead of losing it
+            files += [
+                str(q)
+                for q in p.rglob("*")
+                if q.suffix.lower() in IMG_FORMATS and (q.is_file() or (q.is_symlink() and not q.exists()))
+            ]
         elif p.is_file() and p.suffix.lower() == ".txt":
             for line in p.read_text(encoding="utf-8").splitlines():
                 line = line.strip()

@@ -4,6 +4,10 @@ This is the file boundary of the project: polygons (``x1 y1 ... x4 y4``) live he
 else. Readers keep every well-formed object, degenerate ones included, because the official
 evaluation keeps them; the data layer filters using ``LabelFile.lines``. Malformed lines raise
 ``InputError`` naming the file and the 1-based line.
+
+Writers refuse what would break a file or escape its folder (:mod:`obbslim.utils.names`): a class
+name that is not a safe file name, an image id with whitespace (a Task1 line is split on whitespace,
+so ``P 0001`` would read back as 11 fields) or a path separator.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 
 from obbslim.errors import InputError
 from obbslim.utils.io import atomic_write_text
+from obbslim.utils.names import check_image_id, check_name, safe_join
 
 META_KEYS = ("imagesource", "gsd")
 
@@ -117,9 +122,15 @@ def write_labeltxt(
     if len(diff) != len(polys):
         raise ValueError(f"{len(polys)} polygons but {len(diff)} difficult flags")
     out = [f"{k}:{v}" for k, v in (meta or {}).items()]
+    for key in {str(k) for k in (meta or {})}:
+        if key.lower() not in META_KEYS:
+            raise ValueError(f"labelTxt header key {key!r}: expected one of {', '.join(META_KEYS)}")
+    for v in (meta or {}).values():
+        if any(c.isspace() or not c.isprintable() for c in str(v)):
+            raise ValueError(f"labelTxt header value {str(v)!r} must be one printable word")
     for poly, name, d in zip(polys.tolist(), names, diff.tolist()):
-        if not name or any(c.isspace() for c in name):
-            raise ValueError(f"class name {name!r} must be non-empty without whitespace (use hyphens)")
+        if not name or any(c.isspace() or not c.isprintable() for c in name):
+            raise ValueError(f"class name {name!r} must be non-empty, printable, no whitespace (use hyphens)")
         out.append(" ".join(map(_fmt, poly)) + f" {name} {d}")
     atomic_write_text(path, "".join(line + "\n" for line in out))
 
@@ -173,7 +184,9 @@ def _columns(value) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def task1_filename(class_name: str) -> str:
-    """``Task1_<class>.txt``; DOTA names keep their hyphens, spaces become hyphens."""
+    """``Task1_<class>.txt``; DOTA names keep their hyphens, spaces become hyphens. A class name that
+    is not a safe file name (``utils.names``) raises ``InputError``."""
+    check_name(class_name, "class name")
     return f"Task1_{class_name.strip().replace(' ', '-')}.txt"
 
 
@@ -181,17 +194,24 @@ def write_task1(det_dir: str | Path, dets: Mapping[str, object]) -> list[Path]:
     """Write one ``Task1_<class>.txt`` per class (empty classes get an empty file).
 
     ``dets`` maps class name -> ``(image_ids, scores, polys)`` or a list of
-    ``(image_id, score, poly8)``. Returns the paths written.
+    ``(image_id, score, poly8)``. Returns the paths written. Every class name and image id is
+    checked before the first file is written (``InputError`` naming it): nothing lands outside
+    ``det_dir`` and no line gets more than 10 fields.
     """
     det_dir = Path(det_dir)
-    written = []
+    jobs = []
     for name, value in dets.items():
+        path = safe_join(det_dir, task1_filename(name), "Task1 file name")
         ids, scores, polys = _columns(value)
+        for i in dict.fromkeys(ids):
+            check_image_id(i, path)
+        jobs.append((path, ids, scores, polys))
+    written = []
+    for path, ids, scores, polys in jobs:
         text = "".join(
             f"{i} {_fmt(s)} " + " ".join(map(_fmt, p)) + "\n"
             for i, s, p in zip(ids, scores.tolist(), polys.tolist())
         )
-        path = det_dir / task1_filename(name)
         atomic_write_text(path, text)
         written.append(path)
     return written

@@ -24,6 +24,7 @@ from obbslim.data.labeltxt import read_task1, write_task1
 from obbslim.errors import InputError
 from obbslim.ops import batched_nms_rotated, poly2rbox, rbox2poly
 from obbslim.utils.io import atomic_write_text
+from obbslim.utils.names import check_image_id, safe_join
 
 _TILE = re.compile(
     r"^(?P<image>.+)__(?P<rate>\d+(?:\.\d*)?)__(?P<left>\d+)___(?P<top>\d+)"
@@ -150,6 +151,8 @@ def _write(
     task1_dir: str | Path | None,
 ) -> None:
     task1: dict[str, list[tuple[str, float, np.ndarray]]] = {c: [] for c in classes or ()}
+    for image_id in merged:  # ids come from tile names in a stranger's files: checked before writing
+        check_image_id(image_id)
     for image_id, det in sorted(merged.items()):
         names = _class_names(det.cls, by_name, classes)
         if out_dir is not None:
@@ -157,7 +160,7 @@ def _write(
                 " ".join(repr(float(v)) for v in p) + f" {n} {float(s)!r}\n"
                 for p, n, s in zip(det.polys.tolist(), names, det.scores.tolist())
             ]
-            atomic_write_text(Path(out_dir) / f"{image_id}.txt", "".join(lines))
+            atomic_write_text(safe_join(out_dir, f"{image_id}.txt"), "".join(lines))
         for p, n, s in zip(det.polys, names, det.scores.tolist()):
             task1.setdefault(n, []).append((image_id, s, p))
     if task1_dir is not None:

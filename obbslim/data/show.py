@@ -19,9 +19,11 @@ import torch
 from obbslim.data.augment import to_rboxes
 from obbslim.data.dataset import OBBDataset, collate_fn
 from obbslim.data.labels import load_data_yaml, load_split
-from obbslim.errors import InputError, ObbslimError
+from obbslim.errors import InputError
 from obbslim.ops import rbox2poly
 from obbslim.options import ShowConfig
+from obbslim.utils.io import atomic_imwrite, atomic_savefig
+from obbslim.utils.names import safe_join
 from obbslim.utils.threads import use_threads
 
 __all__ = ["class_color", "draw_rboxes", "plot_batch", "plot_labels", "show_dataset", "DIFFICULT_COLOR"]
@@ -135,11 +137,7 @@ def plot_batch(
         y, x = (i // ns) * hs, (i % ns) * ws
         grid[y : y + im.shape[0], x : x + im.shape[1]] = im
         cv2.rectangle(grid, (x, y), (x + ws - 1, y + hs - 1), (255, 255, 255), 2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), grid):
-        raise ObbslimError(f"could not write {path}")
-    return path
+    return atomic_imwrite(path, grid)
 
 
 def plot_labels(rboxes: Any, cls: Any, names: Sequence[str] | dict | None, path: str | Path) -> Path:
@@ -169,11 +167,10 @@ def plot_labels(rboxes: Any, cls: Any, names: Sequence[str] | dict | None, path:
     ax[3].hist(np.degrees(r[:, 4]), bins=np.linspace(-90, 90, 37), color="#FF9D97")
     ax[3].set_xlabel("angle theta (degrees, clockwise on screen)")
     ax[3].set_ylabel("instances")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_savefig(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def show_dataset(
@@ -229,9 +226,8 @@ def _show(
             img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
             r[:, :4] *= f
         colors = [DIFFICULT_COLOR if dif else class_color(k) for k, dif in zip(s.cls, s.difficult)]
-        p = out / f"{Path(s.im_file).stem}.jpg"
-        cv2.imwrite(str(p), draw_rboxes(img, r, s.cls, names, colors=colors))
-        written.append(p)
+        p = safe_join(out, f"{Path(s.im_file).stem}.jpg", "image file name")
+        written.append(atomic_imwrite(p, draw_rboxes(img, r, s.cls, names, colors=colors)))
 
     ds = OBBDataset(samples, imgsz, augment=augment, hyp=hyp, seed=seed)
     batch = collate_fn([ds[i] for i in range(min(16, len(ds)))])

@@ -28,9 +28,10 @@ from tqdm import tqdm
 
 from obbslim.data.imageinfo import IMG_FORMATS
 from obbslim.data.labeltxt import read_labeltxt, write_labeltxt
-from obbslim.errors import InputError
+from obbslim.errors import OUTPUT_ERRNOS, InputError
 from obbslim.options import SplitConfig
 from obbslim.utils.io import atomic_write_bytes
+from obbslim.utils.lock import RunLock
 
 _EPS = 1e-6  # pixels: vertices closer than this are duplicates
 
@@ -281,6 +282,10 @@ def _split_one(job: tuple[str, dict]) -> dict:
                 stat["skipped"] = len(names)
                 return stat
         _split_decoded(img_path, cfg, stat)
+    except OSError as e:
+        if e.errno in OUTPUT_ERRNOS:  # the output folder, not this image: stop the whole split
+            raise
+        stat["error"] = e.strerror or str(e) or type(e).__name__
     except Exception as e:  # noqa: BLE001 - one bad image must not stop the pool; it is reported
         stat["error"] = e.reason if isinstance(e, InputError) and e.path == str(img_path) else str(e)
         if not stat["error"]:
@@ -289,6 +294,8 @@ def _split_one(job: tuple[str, dict]) -> dict:
 
 
 def _split_decoded(img_path: Path, cfg: dict, stat: dict) -> None:
+    if img_path.is_symlink() and not img_path.exists():
+        raise InputError(f"broken symbolic link (to {os.readlink(img_path)})", img_path)
     img = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
     if img is None:
         raise InputError("cannot read image (corrupt or unsupported format)", img_path)
@@ -333,7 +340,10 @@ def _write_tile_labels(path: Path, label: Any, polys: np.ndarray, window, keep_t
 
 # ----------------------------------------------------------------------------- the dataset
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_FORMATS)
+    """Image files, broken symbolic links included (reported in ``failed``, not skipped silently)."""
+    return sorted(
+        p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMG_FORMATS
+    )
 
 
 def _worker_init() -> None:
@@ -394,7 +404,9 @@ def split_dataset(
 
     _remove_partial_files(out_images, out_labels)  # a killed earlier run's
     bar = tqdm(total=len(jobs), desc="split", unit="img", disable=not progress)
+    lock = RunLock(dst)  # one split writes into dst at a time; removes temp files a killed one left
     try:
+        lock.acquire()
         if workers == 1:
             results: Iterable[dict] = map(_split_one, jobs)
             _collect(results, summary, bar)
@@ -407,6 +419,7 @@ def split_dataset(
         _remove_partial_files(out_images, out_labels)
         raise
     finally:
+        lock.release()
         bar.close()
     summary["failed"].sort()
     return summary

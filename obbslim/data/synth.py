@@ -23,7 +23,7 @@ from obbslim.data.labeltxt import write_labeltxt
 from obbslim.errors import ObbslimError
 from obbslim.ops import norm_rbox, poly_area, rbox2poly
 from obbslim.options import SynthConfig
-from obbslim.utils.io import atomic_write_text
+from obbslim.utils.io import atomic_imwrite, atomic_write_text
 
 CLASSES = ("small-vehicle", "large-vehicle", "plane", "ship", "storage-tank")
 CLASS_WEIGHTS = (0.3, 0.2, 0.15, 0.2, 0.15)
@@ -324,8 +324,7 @@ def make_synthetic(
         img, objects = render_image(seed, i, size, classes)
         split = "val" if i in val else "train"
         stem = f"synth_{i:05d}"
-        if not cv2.imwrite(str(dst / "images" / split / f"{stem}.png"), img):
-            raise ObbslimError(f"cannot write {dst / 'images' / split / stem}.png")
+        atomic_imwrite(dst / "images" / split / f"{stem}.png", img)
         polys = np.round(np.array([o.label for o in objects], np.float64).reshape(-1, 8), 2)
         write_labeltxt(dst / "labelTxt" / split / f"{stem}.txt", polys, [o.name for o in objects])
 

@@ -37,7 +37,7 @@ from obbslim.inference.onnx_backend import OnnxModel
 from obbslim.model import load, model_info, read_checkpoint
 from obbslim.options import BenchmarkConfig
 from obbslim.utils.device import select_device
-from obbslim.utils.io import atomic_write_bytes, atomic_write_text
+from obbslim.utils.io import atomic_savefig, atomic_write_bytes, atomic_write_text
 from obbslim.utils.text import plural
 from obbslim.utils.threads import default_threads
 
@@ -184,9 +184,10 @@ def plot_benchmark(result: dict, out: Path) -> list[Path]:
         if len(series) > 1 and any(r.get("latency_onnx_ms") is not None for r in rows):
             ax.legend()
         fig.tight_layout()
-        fig.savefig(out / fname)
-        plt.close(fig)
-        paths.append(out / fname)
+        try:
+            paths.append(atomic_savefig(fig, out / fname))
+        finally:
+            plt.close(fig)
     return paths
 
 

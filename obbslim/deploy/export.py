@@ -144,6 +144,9 @@ def export_onnx(
     if simplify:
         data, note = _simplify(data)
     m = onnx.load_from_string(data)
+    cols = m.graph.output[0].type.tensor_type.shape.dim[2]  # declared, so a reader can check nc against it
+    cols.ClearField("dim_param")
+    cols.dim_value = 6 + int(model.nc)
     onnx.checker.check_model(m)
     m.producer_name = "obbslim"
     set_metadata(m, {

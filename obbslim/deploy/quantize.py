@@ -22,7 +22,7 @@ import onnx
 from obbslim.data.augment import letterbox
 from obbslim.data.labels import load_split
 from obbslim.errors import ObbslimError
-from obbslim.inference.onnx_metadata import read_metadata, set_metadata
+from obbslim.inference.onnx_metadata import check_metadata, set_metadata
 from obbslim.options import ExportConfig
 from obbslim.utils.io import atomic_write_bytes
 
@@ -107,7 +107,7 @@ def quantize_int8(
 
     onnx_path = Path(onnx_path)
     out = Path(out) if out is not None else onnx_path.with_name(onnx_path.stem + "_int8.onnx")
-    meta = read_metadata(onnx_path)
+    meta = check_metadata(onnx.load(str(onnx_path), load_external_data=False), onnx_path)
     if meta.get("half"):
         raise ObbslimError(f"{onnx_path}: INT8 quantisation needs an fp32 export, not --half")
     if meta.get("int8"):

@@ -127,9 +127,20 @@ class Detector:
     def __init__(self, path: str, providers: list[str] | None = None):
         self.session = ort.InferenceSession(path, providers=providers or ["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.names = json.loads(meta["names"])
-        self.imgsz = tuple(json.loads(meta["imgsz"]))
-        self.half = json.loads(meta.get("half", "false"))
+        try:  # the metadata may come from a stranger: check it before allocating an input of its size
+            self.names = json.loads(meta["names"])
+            self.imgsz = tuple(json.loads(meta["imgsz"]))
+            self.half = json.loads(meta.get("half", "false"))
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{path}: missing or non-JSON metadata ({e})") from None
+        fixed = [d for d in self.session.get_inputs()[0].shape[2:] if isinstance(d, int)]
+        ok = len(self.imgsz) == 2 and all(isinstance(v, int) and 0 < v <= 16384 for v in self.imgsz)
+        if not ok or (len(fixed) == 2 and list(self.imgsz) != fixed):
+            raise ValueError(f"{path}: metadata imgsz {self.imgsz} does not fit the graph's input {fixed}")
+        if not (isinstance(self.names, list) and all(isinstance(n, str) for n in self.names)):
+            raise ValueError(f"{path}: metadata names is not a list of strings")
+        if not isinstance(self.half, bool):
+            raise ValueError(f"{path}: metadata half is not true or false")
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, img_bgr: np.ndarray, conf: float = 0.25, iou: float = 0.4, max_det: int = 300):

@@ -35,6 +35,8 @@ def distill(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> d
     distill run (its directory or last.pt) with its stored options. Returns ``train``'s result dict.
     """
     cfg = DistillConfig.of(*args, **options)
+    if cfg.pretrained:  # the engine would swap the student's head and weights
+        raise ObbslimError("distill fine-tunes the student as it is: pretrained weights are train's option")
     if cfg.resume:
         last = find_resume_checkpoint(cfg.resume, cfg.project)
         ckpt = read_checkpoint(last)

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from obbslim.options import plain
-from obbslim.utils.io import atomic_write_text
+from obbslim.utils.io import atomic_savefig, atomic_write_text
 
 
 def write_yaml(path: str | Path, data: dict) -> None:
@@ -41,11 +41,14 @@ class ResultsCSV:
         atomic_write_text(self.path, "\n".join(lines) + "\n")
 
     def append(self, row: dict[str, Any]) -> None:
+        """Rewrite the file with the new row (atomically: a full disk never leaves half a row)."""
         if self.keys is None:
             self.keys = list(row)
             atomic_write_text(self.path, ",".join(self.keys) + "\n")
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(",".join(_fmt(row.get(k, "")) for k in self.keys) + "\n")
+        old = self.path.read_text(encoding="utf-8")
+        if old and not old.endswith("\n"):
+            old += "\n"
+        atomic_write_text(self.path, old + ",".join(_fmt(row.get(k, "")) for k in self.keys) + "\n")
 
     def read(self) -> list[dict[str, str]]:
         if not self.path.exists():
@@ -82,9 +85,10 @@ def plot_results(csv_path: str | Path, out: str | Path | None = None) -> Path | 
         ax.axis("off")
     fig.tight_layout()
     out = Path(out) if out else Path(csv_path).with_suffix(".png")
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    try:
+        return atomic_savefig(fig, out, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def numeric_series(rows: list[dict[str, str]]) -> dict[str, list[tuple[float, float]]]:

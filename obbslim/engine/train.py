@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -52,10 +53,12 @@ from obbslim.engine.trainer_utils import (
 from obbslim.errors import ObbslimError
 from obbslim.eval.metrics import fitness, validate
 from obbslim.model import build, check_anchors, ckpt_to_model, read_checkpoint, save
+from obbslim.model.pretrained import load_pretrained
 from obbslim.ops import poly2rbox
 from obbslim.options import TrainConfig
 from obbslim.utils.device import de_parallel, select_device
-from obbslim.utils.io import increment_path
+from obbslim.utils.io import claim_run_dir, increment_path, run_path
+from obbslim.utils.lock import RunLock
 from obbslim.utils.text import plural
 from obbslim.utils.threads import use_threads
 
@@ -143,8 +146,11 @@ def train(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> dic
     epochs_done, stopped, signal}`` (``stopped``: None, 'signal', 'patience' or 'stop_after').
 
     ``model`` is a spec ('yolov5s-obb.yaml') or a checkpoint (.pt) whose stored architecture is kept
-    (a pruned model stays pruned). ``batch`` is the total over all DDP processes. ``stop_after`` ends
-    this invocation after that many epochs (the schedule still spans ``epochs``; ``resume`` continues).
+    (a pruned model stays pruned). ``pretrained`` (a YOLOv5 or obbslim checkpoint, or a state dict)
+    initialises every tensor of that model whose name and shape match (obbslim.model.pretrained); with a
+    checkpoint as ``model`` it also allows other classes (its architecture, a new head). ``batch`` is
+    the total over all DDP processes. ``stop_after`` ends this invocation after that many epochs (the
+    schedule still spans ``epochs``; ``resume`` continues).
     ``time_limit`` (hours) replaces ``epochs`` by the number that fits, re-estimated after every epoch.
     best.pt is the epoch with the highest OBB mAP50 (VOC07). ``callbacks``: see
     :mod:`obbslim.engine.callbacks`. ``threads`` (None: the machine's default, see
@@ -161,9 +167,9 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback]) -> dict[str, Any]:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     ddp.init(info, dev)
-    try:
-        with StopRequest() as stop:  # from here on SIGINT/SIGTERM stop cleanly at the next step
-            return fit(build_state(cfg, list(callbacks), info, dev), stop)
+    try:  # from here on SIGINT/SIGTERM stop cleanly at the next step; the run folder is locked until the end
+        with StopRequest() as stop, ExitStack() as locks:
+            return fit(build_state(cfg, list(callbacks), info, dev, locks), stop)
     finally:
         ddp.cleanup(info)
 
@@ -543,16 +549,28 @@ def _until_stopped(batches, stop: StopRequest):
 
 
 def build_state(
-    cfg: TrainConfig, callbacks: list[Callback], info: ddp.DistInfo, dev: torch.device
+    cfg: TrainConfig,
+    callbacks: list[Callback],
+    info: ddp.DistInfo,
+    dev: torch.device,
+    locks: ExitStack | None = None,
 ) -> TrainState:
     """Everything before the first batch, in the order exact resume relies on: the options (the stored
     ones when resuming), seeds, data, model, optimizer, EMA, trainable callback, restored state, loss,
-    the callbacks' ``before_train``, SyncBN/DDP, loaders, the run folder."""
+    the callbacks' ``before_train``, SyncBN/DDP, loaders, the run folder. The run folder's lock
+    (``utils.lock``) goes on ``locks``, which the caller closes when the run ends."""
     log = print if (info.main and cfg.verbose) else (lambda *a, **k: None)
     cfg, ckpt, save_dir = _resolve_run(cfg, callbacks, log)
-    seed_everything(cfg.seed + 1 + max(info.rank, 0))
-    # an older checkpoint may lack newer keys; the user's --hyp is checked, a checkpoint's is taken as it is
+    # an older checkpoint may lack newer keys; the user's --hyp is checked (before the run folder is
+    # claimed: a bad file leaves none behind), a checkpoint's is taken as it is
     hyp = load_hyp(ckpt["hyp"], stored=True) if ckpt else load_hyp(cfg.hyp)
+    if info.main:
+        if ckpt is None:  # created atomically: two runs started together get exp and exp2
+            save_dir = claim_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok)
+        if locks is not None:  # a second run into this folder stops here, before writing anything
+            locks.enter_context(RunLock(save_dir, log=log))
+        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed + 1 + max(info.rank, 0))
     if cfg.batch % info.world_size:
         raise ObbslimError(
             f"--batch {cfg.batch} must be a multiple of the number of processes {info.world_size}"
@@ -561,8 +579,6 @@ def build_state(
     if ckpt is None:  # optimizer auto -> the one that suits the schedule's length (stored in hyp.yaml)
         hyp = resolve_optimizer(hyp, len(train_samples), cfg.batch, int(cfg.epochs), len(names))
     net, imgsz = _build_model(cfg, ckpt, names, hyp, train_samples, log)
-    if info.main:  # only now: bad options, data, hyp or model leave no empty run folder behind
-        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
     net.to(dev)
     if cfg.channels_last and dev.type == "cuda":
         net.to(memory_format=torch.channels_last)
@@ -610,7 +626,7 @@ def _resolve_run(
     if not cfg.resume:
         if not cfg.data:
             raise ObbslimError("a dataset is required: --data DATA.yaml (or --resume RUN)")
-        return cfg, None, increment_path(Path(cfg.project) / cfg.name, cfg.exist_ok)
+        return cfg, None, increment_path(run_path(cfg.project, cfg.name), cfg.exist_ok)
     last = find_resume_checkpoint(cfg.resume, cfg.project)
     ckpt = read_checkpoint(last)
     if "train_args" not in ckpt:
@@ -649,16 +665,26 @@ def _scan_data(cfg: TrainConfig, info: ddp.DistInfo, log: Callable) -> tuple[lis
 def _build_model(
     cfg: TrainConfig, ckpt: dict | None, names: list[str], hyp: dict, samples: list, log: Callable
 ) -> tuple[nn.Module, int]:
-    """From a spec, or a checkpoint whose stored architecture is kept (pruned stays pruned); autoanchor
-    for a fresh run. Returns the model and the image size (a multiple of its stride)."""
+    """From a spec, or a checkpoint whose stored architecture is kept (pruned stays pruned); on a fresh
+    run, the ``pretrained`` weights (every tensor whose name and shape match) and autoanchor. Returns the
+    model and the image size (a multiple of its stride)."""
     if ckpt is not None:
         net = ckpt_to_model(ckpt, ema=False, source=cfg.resume)
     elif str(cfg.model).endswith(".pt"):
-        net = ckpt_to_model(read_checkpoint(cfg.model), ema=True, source=cfg.model)
-        if net.nc != len(names):
-            raise ObbslimError(f"{cfg.model} predicts {net.nc} classes but the dataset has {len(names)}")
+        src = read_checkpoint(cfg.model)
+        if cfg.pretrained:  # that architecture with a head for these classes; the weights come below
+            net = build(src["arch"], len(names), names)
+        else:
+            net = ckpt_to_model(src, ema=True, source=cfg.model)
+            if net.nc != len(names):
+                raise ObbslimError(
+                    f"{cfg.model} predicts {net.nc} classes but the dataset has {len(names)} "
+                    f"(to fine-tune it on these classes: --pretrained {cfg.model})"
+                )
     else:
         net = build(cfg.model, len(names), names)
+    if ckpt is None and cfg.pretrained:  # a fresh run only, before autoanchor and the EMA copy
+        log(load_pretrained(net, cfg.pretrained).report())
     net.names = names
     gs = int(net.stride.max())
     imgsz = int(math.ceil(cfg.imgsz / gs) * gs)

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from obbslim.utils.io import atomic_savefig
+
 
 def pr_envelope(recall: np.ndarray, precision: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Precision on a recall ``grid`` from the monotone envelope (max precision at recall >= r), the
@@ -50,8 +52,7 @@ def plot_pr_curves(
     ax.set_title(title or f"Precision-Recall curve ({metric}, IoU > {result.get('iou_thr', 0.5)})")
     if len(classes):
         ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_savefig(fig, path, dpi=150)  # a full disk leaves no 0-byte PR_curve.png
+    finally:
+        plt.close(fig)

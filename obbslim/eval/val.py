@@ -30,12 +30,13 @@ from obbslim.errors import InputError, ObbslimError
 from obbslim.eval.dota import evaluate_dota
 from obbslim.eval.metrics import IOU_THRS, pr_at_best_f1, validate
 from obbslim.eval.plots import plot_pr_curves
-from obbslim.inference.detect import list_sources, write_dota
+from obbslim.inference.detect import check_stems, list_sources, write_dota
 from obbslim.inference.detector import Detector
 from obbslim.model import load
 from obbslim.options import ValConfig
 from obbslim.utils.device import select_device
-from obbslim.utils.io import atomic_write_text, increment_path
+from obbslim.utils.io import atomic_write_text, open_run_dir, run_path
+from obbslim.utils.names import check_names
 from obbslim.utils.text import plural
 from obbslim.utils.threads import default_workers, use_threads
 
@@ -97,19 +98,17 @@ def val(*args: Any, detector: Any = None, **options: Any) -> dict[str, Any]:
     wrong). ``threads`` (None: the machine's default) holds for the call.
     """
     cfg = ValConfig.of(*args, **options)
-    with use_threads(cfg.threads):
-        return _val(cfg, detector)
+    with use_threads(cfg.threads), open_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok) as lock:
+        return _val(cfg, lock.folder, detector)  # the run folder is this run's until it ends
 
 
-def _val(cfg: ValConfig, detector: Any) -> dict[str, Any]:
-    run_dir = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
+def _val(cfg: ValConfig, run_dir: Path, detector: Any) -> dict[str, Any]:
     if cfg.full_images is not None:
         out = _val_full_images(cfg, run_dir, detector)
     elif cfg.data is None:
         raise ObbslimError("val needs --data (a dataset YAML) unless --full-images is given")
     else:
         out = _val_split(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no empty run folder
     res07, res12, classes = out.pop("res07"), out.pop("res12"), out.pop("classes")
     rows = metric_rows(res07, res12, classes)
     allrow = rows["all"]
@@ -216,10 +215,19 @@ def _val_full_images(cfg: ValConfig, run_dir: Path, detector: Any) -> dict:
         if not p.is_dir():
             raise InputError("--full-images needs images/ and labelTxt/ folders; missing", p)
     files = list_sources(img_dir)
+    check_stems(files, task1=True)  # image ids of Task1 lines: no whitespace, before any work
+    seen: dict[str, str] = {}
+    for f in files:  # the ground truth is labelTxt/<stem>.txt: two images of one stem cannot both be it
+        stem, name = Path(f).stem, Path(f).name
+        if stem in seen:
+            msg = f"two images share the stem {stem!r} ({seen[stem]}, {name}): labelTxt/{stem}.txt can be"
+            raise InputError(msg + " the labels of one only", img_dir)
+        seen[stem] = name
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
         tile=cfg.imgsz, gap=cfg.gap, half=cfg.half, batch=cfg.batch, multi_label=True,
     )  # fmt: skip
+    check_names(det.names, "class name", None if detector else cfg.weights)
     det.reset_times()
     results = []
     chunk = max(det.batch // 4, 1)  # a large image makes many windows already

@@ -27,6 +27,7 @@ import glob
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -43,14 +44,17 @@ from obbslim.inference.detector import Detections, Detector
 from obbslim.inference.task1_parts import Task1Parts, detection_rows
 from obbslim.ops import poly2rbox
 from obbslim.options import DetectConfig
-from obbslim.utils.io import atomic_write_text, increment_path
+from obbslim.utils.io import atomic_imwrite, atomic_write_text, open_run_dir, run_path
+from obbslim.utils.lock import RunLock
+from obbslim.utils.names import check_image_id, check_name, check_names, safe_join
 from obbslim.utils.text import plural
 from obbslim.utils.threads import use_threads
 
 
 def list_sources(source: str | Path | Sequence[str | Path]) -> list[str]:
     """Image paths from a file, a folder (not recursive), a glob, or a list of those; sorted, each file
-    once (the same file reached by two paths counts once)."""
+    once (the same file reached by two paths counts once). A broken symbolic link among them is an
+    ``InputError`` naming it (never skipped silently)."""
     if not isinstance(source, (str, Path)):
         return _unique_files(f for s in source for f in list_sources(s))
     text = str(source)
@@ -58,13 +62,16 @@ def list_sources(source: str | Path | Sequence[str | Path]) -> list[str]:
         files = [f for f in glob.glob(text, recursive=True) if Path(f).suffix.lower() in IMG_FORMATS]
         if not files:
             raise InputError("no images match this pattern", text)
-        return _unique_files(files)
+        return _no_broken_links(_unique_files(files))
     p = Path(text)
     if p.is_dir():
-        files = [str(q) for q in sorted(p.iterdir()) if q.suffix.lower() in IMG_FORMATS and q.is_file()]
+        files = [str(q) for q in sorted(p.iterdir())
+                 if q.suffix.lower() in IMG_FORMATS and (q.is_file() or q.is_symlink())]  # fmt: skip
         if not files:
             raise InputError(f"no images ({', '.join(IMG_FORMATS)}) in this folder", p)
-        return files
+        return _no_broken_links(files)
+    if p.is_symlink():
+        _no_broken_links([text])
     if p.is_file():
         return [str(p)]
     raise InputError("no such image, folder or pattern", p)
@@ -103,6 +110,28 @@ def image_ids(files: Sequence[str]) -> list[str]:
         ids[i] = new
         taken.add(new)
     return ids
+
+
+def _no_broken_links(files: list[str]) -> list[str]:
+    for f in files:
+        if os.path.islink(f) and not os.path.exists(f):
+            raise InputError(f"broken symbolic link (to {os.readlink(f)})", f)
+    return files
+
+
+def check_stems(files: Sequence[str], task1: bool, ids: Sequence[str] | None = None) -> None:
+    """Image ids (the stems, or ``ids`` from :func:`image_ids`) become output file names and, with
+    ``task1``, the first field of Task1 lines: refuse unsafe names (and whitespace for Task1) before any
+    image is processed (``utils.names``)."""
+    for f, i in zip(files, ids if ids is not None else [Path(f).stem for f in files]):
+        if task1:
+            check_image_id(i, f)
+        else:
+            check_name(i, "image file name", f)
+
+
+def _same_folder(a: Path | None, b: str | Path) -> bool:
+    return a is not None and Path(b).is_dir() and os.path.samefile(a, b)
 
 
 def task1_records(dets: Iterable[tuple[str, Any]], names: Sequence[str]) -> dict[str, list]:
@@ -147,23 +176,49 @@ def detect(*args: Any, detector: Detector | None = None, **options: Any) -> dict
 def _detect(cfg: DetectConfig, detector: Detector | None) -> dict[str, Any]:
     files = list_sources(cfg.source)
     ids = image_ids(files)
+    if cfg.save_dota is not None or cfg.save_img or cfg.save_txt:
+        check_stems(files, task1=cfg.save_dota is not None, ids=ids)
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
         tile=cfg.tile, gap=cfg.gap, half=cfg.half, batch=cfg.batch,
     )  # fmt: skip
+    if cfg.save_dota is not None:  # class names become Task1_<name>.txt: checked before any work
+        check_names(det.names, "class name", None if detector else cfg.weights)
     det.reset_times()
     shared = [i for f, i in zip(files, ids) if i != Path(f).stem]
     if shared and cfg.verbose:
         print(f"detect: some inputs share a file stem: {plural(len(shared), 'image')} named after its folder "
               f"instead (output and Task1 id), e.g. {shared[0]}", file=sys.stderr)  # fmt: skip
     run_dir = None
-    if cfg.save_img or cfg.save_txt:
-        run_dir = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
-        (run_dir / "labels" if cfg.save_txt else run_dir).mkdir(parents=True, exist_ok=True)
-    parts = None
+    with ExitStack() as locks:  # the output folders are this run's until it ends
+        if cfg.save_img or cfg.save_txt:
+            run_dir = locks.enter_context(open_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok)).folder
+            (run_dir / "labels" if cfg.save_txt else run_dir).mkdir(parents=True, exist_ok=True)
+        if cfg.save_dota is not None and not _same_folder(run_dir, cfg.save_dota):
+            locks.enter_context(RunLock(cfg.save_dota, clean_depth=1))
+        return _run(cfg, det, files, ids, run_dir)
+
+
+def _run(cfg: DetectConfig, det: Detector, files: list[str], ids: list[str], run_dir: Path | None) -> dict:
+    """Detect on the images not done yet (resume), write what was asked, and summarise."""
+    parts = None if cfg.save_dota is None else Task1Parts(cfg.save_dota, _settings(cfg, det))
+    try:
+        return _run_parts(cfg, det, files, ids, run_dir, parts)
+    except BaseException:  # Ctrl-C, SIGTERM, a full disk, a crash: what was finished stays for a rerun
+        if parts is not None:
+            if parts.count():
+                kept = plural(parts.count(), "finished image")
+                print(f"detect: stopped; {kept} kept in {parts.dir}: rerun the same command to go on",
+                      file=sys.stderr)  # fmt: skip
+            else:
+                parts.close()  # nothing to resume: leave no parts folder behind
+        raise
+
+
+def _run_parts(cfg: DetectConfig, det: Detector, files: list[str], ids: list[str], run_dir: Path | None,
+               parts: Task1Parts | None) -> dict:  # fmt: skip
     done: dict[str, list] = {}
-    if cfg.save_dota is not None:
-        parts = Task1Parts(cfg.save_dota, _settings(cfg, det))
+    if parts is not None:
         if parts.open():
             done = {i: rows for f, i in zip(files, ids) if (rows := parts.load(i, _source(f))) is not None}
         if parts.note and cfg.verbose:
@@ -178,32 +233,20 @@ def _detect(cfg: DetectConfig, detector: Detector | None) -> dict[str, Any]:
                 d = detections_from_rows(done[i], det.names, f)
                 _save_image_outputs(f, i, d, cfg, run_dir, det.names)
     t0 = time.perf_counter()
-    try:
-        triples, skipped = _detect_files(det, todo, cfg, run_dir, parts)
-    except KeyboardInterrupt:
-        if parts is not None:
-            print(f"detect: interrupted; finished images are kept in {parts.dir}: rerun the same command to "
-                  "go on from there", file=sys.stderr)  # fmt: skip
-        raise
+    triples, skipped = _detect_files(det, todo, cfg, run_dir, parts)
     if skipped and len(skipped) == len(files):
-        if parts is not None:
-            parts.close()  # nothing was done: no parts folder left behind
         path, reason = skipped[0]
         more = f" (and the other {plural(len(skipped) - 1, 'image')})" if len(skipped) > 1 else ""
         raise InputError(f"{reason}{more}: no image could be read", path)
     results = [(f, d) for f, _, d in triples]
+    rows = {**done, **{i: detection_rows(d, det.names) for _, i, d in triples}}  # every finished image
     per_class: dict[str, int] = {}
-    for _, d in results:
-        for lab in d.labels:
-            per_class[lab] = per_class.get(lab, 0) + 1
-    n_det = sum(len(d) for _, d in results)
-    for rows in done.values():
-        n_det += len(rows)
-        for c, _, _ in rows:
+    for image_rows in rows.values():
+        for c, _, _ in image_rows:
             per_class[c] = per_class.get(c, 0) + 1
+    n_det = sum(per_class.values())
     if parts is not None:
-        new = {i: detection_rows(d, det.names) for _, i, d in triples}
-        _write_task1(parts, ids, det.names, {**done, **new}, cfg.verbose)
+        _write_task1(parts, ids, det.names, rows, cfg.verbose)
     summary = {
         "run_dir": None if run_dir is None else str(run_dir),
         "task1_dir": None if cfg.save_dota is None else str(cfg.save_dota),
@@ -288,9 +331,9 @@ def _save_image_outputs(f: str, image_id: str, d: Any, cfg: DetectConfig, run_di
         out = draw_rboxes(cv2.imread(f, cv2.IMREAD_COLOR), d.rboxes, d.cls, names, d.scores)
         ext = Path(f).suffix.lower()
         ext = ext if ext in (".jpg", ".jpeg", ".png") else ".jpg"
-        cv2.imwrite(str(run_dir / f"{image_id}{ext}"), out)
+        atomic_imwrite(safe_join(run_dir, f"{image_id}{ext}"), out)
     if cfg.save_txt:
-        write_txt(run_dir / "labels" / f"{image_id}.txt", d)
+        write_txt(safe_join(run_dir / "labels", f"{image_id}.txt"), d)
 
 
 def detections_from_rows(rows: list, names: Sequence[str], path: str | None = None) -> Detections:

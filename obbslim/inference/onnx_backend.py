@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
 from obbslim.errors import ObbslimError
-from obbslim.inference.onnx_metadata import FORMAT, read_metadata
+from obbslim.inference.onnx_metadata import check_metadata
 
 
 def default_providers() -> list[str]:
@@ -37,11 +38,12 @@ class OnnxModel:
         if not self.path.is_file():
             raise ObbslimError(f"{self.path}: ONNX model not found")
         try:
-            meta = read_metadata(self.path)
+            proto = onnx.load(str(self.path), load_external_data=False)
         except Exception as e:  # not a protobuf, truncated file
-            raise ObbslimError(f"{self.path}: not a readable ONNX model ({str(e)[:200]})") from None
-        if meta.get("format") != FORMAT:
-            raise ObbslimError(f"{self.path}: not an obbslim ONNX export (no '{FORMAT}' metadata)")
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ObbslimError(f"{self.path}: not a readable ONNX model ({first})") from None
+        meta = check_metadata(proto, self.path)  # before the runtime allocates anything
+        del proto
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)
@@ -58,9 +60,9 @@ class OnnxModel:
         self.nc = int(meta["nc"])
         self.stride = torch.tensor(meta["stride"], dtype=torch.float32)
         self.imgsz = [int(v) for v in meta["imgsz"]]
-        self.dynamic = bool(meta.get("dynamic", False))
-        self.half = bool(meta.get("half", False))
-        self.int8 = bool(meta.get("int8", False))
+        self.dynamic = meta["dynamic"]
+        self.half = meta["half"]
+        self.int8 = meta["int8"]
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.providers = self.session.get_providers()
@@ -83,6 +85,9 @@ class OnnxModel:
             raise ObbslimError(f"input {h}x{w} must be a multiple of the max stride {smax}")
         x = np.ascontiguousarray(imgs, dtype=np.float16 if self.half else np.float32)
         y = self.session.run([self.output_name], {self.input_name: x})[0]
+        if y.ndim != 3 or y.shape[-1] != 6 + self.nc:  # the graph disagrees with its own metadata
+            want = f"[B, N, {6 + self.nc}]"
+            raise ObbslimError(f"{self.path}: the output is {list(y.shape)}, the metadata says {want}")
         return y.astype(np.float32, copy=False)
 
     def __call__(self, imgs: Any) -> torch.Tensor:

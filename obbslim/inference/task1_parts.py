@@ -46,7 +46,7 @@ class Task1Parts:
                 old = json.loads(stored.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 old = None
-        n_old = len(list(self.dir.glob("*.txt"))) if self.dir.is_dir() else 0
+        n_old = self.count()
         if self.dir.is_dir() and (self.settings is None or old != self.settings):
             if n_old:
                 self.note = (f"{self.dir}: {n_old} results of a run with other settings (weights, sizes or "
@@ -85,8 +85,12 @@ class Task1Parts:
         text += [f"{c} {_fmt(s)} " + " ".join(map(_fmt, p)) + "\n" for c, s, p in rows]
         atomic_write_text(self.path(image_id), "".join(text))
 
+    def count(self) -> int:
+        """Finished images kept."""
+        return len(list(self.dir.glob("*.txt"))) if self.dir.is_dir() else 0
+
     def close(self) -> None:
-        """Remove the parts (the Task1 files are complete)."""
+        """Remove the parts (the Task1 files are complete, or nothing was finished)."""
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

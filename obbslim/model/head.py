@@ -69,6 +69,8 @@ class Detect(nn.Module):
     @torch.no_grad()
     def initialize_biases(self, cf: torch.Tensor | None = None) -> None:
         """YOLOv5 priors: ~8 objects per 640 image per level, 0.6 / nc class prob, uniform angle."""
+        if self.stride.is_meta:  # a shape-only probe (model.io checks a checkpoint before allocating)
+            return
         for conv, s in zip(self.m, self.stride.tolist()):
             b = conv.bias.view(self.na, -1)
             b[:, 4] += math.log(8 / (640 / s) ** 2)

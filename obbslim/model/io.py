@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,10 +12,10 @@ import torch
 from torch import nn
 
 from obbslim.errors import ObbslimError
+from obbslim.model.checks import CKPT_VERSION, check_arch, check_checkpoint, check_shapes
 from obbslim.model.yolo import OBBModel, load_spec, spec_to_arch
 from obbslim.utils.io import atomic_torch_save
 
-CKPT_VERSION = 1
 _KEYS = ("arch", "model", "ema", "names", "hyp", "epoch", "optimizer", "metrics", "version")
 
 
@@ -79,31 +81,73 @@ def save(
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
-    """torch.load(weights_only=True) with errors that name the file."""
+    """torch.load(weights_only=True), then every field checked (``model.checks``); a file that is not
+    an obbslim checkpoint raises ``ObbslimError`` saying what it is not, in one line."""
     path = Path(path)
     if not path.is_file():
         raise ObbslimError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # corrupt file, a pickled-module checkpoint, not a torch file at all
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ObbslimError(f"{path}: not a readable obbslim checkpoint ({first[:200]})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("arch"), dict) or "model" not in ckpt:
-        raise ObbslimError(f"{path}: not an obbslim checkpoint (no 'arch' record and 'model' state dict)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on the pickle protocol
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        if _head(path) not in (b"PK\x03\x04", b"\x80"):  # random bytes can look like pickle opcodes
+            raise ObbslimError(f"{path}: not an obbslim checkpoint: {_what_file(path)}") from None
+        raise ObbslimError(
+            f"{path}: not an obbslim checkpoint: it holds pickled Python objects (classes, modules), which "
+            "are never loaded since loading them can run code (obbslim checkpoints are plain data; a YOLOv5 "
+            "or Ultralytics .pt is not one)"
+        ) from None
+    except Exception:  # a truncated archive, random bytes, an empty file
+        raise ObbslimError(f"{path}: not an obbslim checkpoint: {_what_file(path)}") from None
+    check_checkpoint(ckpt, path)
     return ckpt
+
+
+def _head(path: Path) -> bytes:
+    """The zip signature (PK..) of a torch archive, the PROTO opcode (0x80) of a pickle, or other bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return b""
+    return head if head == b"PK\x03\x04" else head[:1]
+
+
+def _what_file(path: Path) -> str:
+    """What a file torch cannot load looks like, in a few words."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    head = _head(path)
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if head == b"PK\x03\x04":
+        return f"a truncated or damaged PyTorch archive ({size} bytes)"
+    if head == b"\x80":
+        return f"a damaged or foreign pickle ({size} bytes)"
+    return f"not a PyTorch file ({size} bytes of something else)"
 
 
 def ckpt_to_model(ckpt: dict, ema: bool = False, source: str | Path | None = None) -> OBBModel:
     """Rebuild the model from a checkpoint dict (the raw weights, or EMA ones when `ema` and present).
 
-    Returned in training mode on CPU: the training engine uses this to resume."""
+    The record is first built on the meta device and the weights' shapes compared with it, so a record
+    that does not match its weights fails before anything is allocated. Returned in training mode on
+    CPU: the training engine uses this to resume."""
     where = f"{source}: " if source is not None else ""
+    use = "ema" if ema and ckpt.get("ema") is not None else "model"
     try:
+        check_arch(ckpt.get("arch"), source)
+        with torch.device("meta"):
+            probe = OBBModel.from_arch(ckpt["arch"], names=ckpt.get("names"))
+        check_shapes(probe, ckpt[use], use, source)
         model = OBBModel.from_arch(ckpt["arch"], names=ckpt.get("names"))
-        sd = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
-        model.load_state_dict(sd, strict=True)
+        model.load_state_dict(ckpt[use], strict=True)
     except ObbslimError as e:
-        raise ObbslimError(f"{where}{e}") from None
+        msg = str(e)
+        raise ObbslimError(msg if source is None or msg.startswith(str(source)) else where + msg) from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         msg = f"checkpoint does not match its architecture record ({first[:300]})"

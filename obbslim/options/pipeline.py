@@ -22,6 +22,10 @@ class CompressConfig(Options):
         None, "dataset YAML (path, train, val, names); not needed with --resume"
     )
     model: str | Path = option("yolov5s-obb.yaml", "model spec of the baseline (yolov5{n,s,m,l,x}-obb.yaml)")
+    pretrained: str | Path | None = option(None, "initialise the baseline from a YOLOv5 checkpoint (e.g. "
+                                           "COCO yolov5s.pt), a state dict or an obbslim checkpoint: every "
+                                           "tensor whose name and shape match", type=str,
+                                           metavar="PATH")  # fmt: skip
     teacher: str | Path | None = option(None, "a trained checkpoint .pt: skips the baseline training")
     prune_ratio: float | None = option(None, "fraction of the prunable BN channels removed", type=float,
                                        check=OPEN_FRACTION)  # fmt: skip

@@ -29,6 +29,14 @@ class TrainConfig(Options):
         "model spec (yolov5{n,s,m,l,x}-obb.yaml or a YAML path) or a checkpoint .pt whose architecture is "
         "kept (e.g. a pruned model)",
     )
+    pretrained: str | Path | None = option(
+        None,
+        "initialise every matching tensor from a YOLOv5 checkpoint (e.g. COCO yolov5s.pt), a state dict "
+        "or an obbslim checkpoint (other classes or widths: the matching tensors only; with a checkpoint as "
+        "--model, its architecture with a head for the data's classes)",
+        type=str,
+        metavar="PATH",
+    )
     epochs: int = option(100, "training epochs", check=COUNT)
     imgsz: int = option(640, "training image size (pixels)", check=IMGSZ)
     batch: int = option(16, "total batch size over all processes", check=COUNT)
@@ -105,6 +113,8 @@ class DistillConfig(SparseTrainConfig):
     positional = ("student", "teacher", "data", "epochs")
 
     project: str | Path = option("runs/distill", "where run folders go")
+    # the student is fine-tuned as it is: no transfer from other weights (distill() refuses a value)
+    pretrained: str | Path | None = option(None, "not a distill option", cli=False, record=False)
     student: str | Path | None = option(
         None, "student checkpoint .pt (the pruned model); not needed with --resume"
     )

@@ -28,7 +28,8 @@ from obbslim.options import CompressConfig
 from obbslim.options.train import SPARSITY_WEIGHTINGS
 from obbslim.pipeline.report import write_report
 from obbslim.pipeline.stages import SPECS, Context, Stage
-from obbslim.utils.io import atomic_write_text, increment_path
+from obbslim.utils.io import atomic_write_text, claim_run_dir, run_path
+from obbslim.utils.lock import RunLock
 from obbslim.utils.threads import default_threads
 
 ARGS_FILE = "compress.json"
@@ -49,7 +50,8 @@ def compress(*args: Any, **options: Any) -> dict[str, Any]:
     :class:`~obbslim.options.CompressConfig`.
 
     Exactly one of ``prune_ratio`` (fraction of prunable BN channels removed) and ``target_flops``
-    (fraction of the GFLOPs kept). ``teacher`` (a checkpoint) replaces the baseline training.
+    (fraction of the GFLOPs kept). ``pretrained`` initialises the baseline (train's ``pretrained``, e.g.
+    COCO yolov5s.pt). ``teacher`` (a checkpoint) replaces the baseline training.
     ``resume`` (a compress run dir, or True for the newest in ``project``) reruns with the stored
     options (only device, workers, verbose and threads may change); ``exist_ok`` reuses
     ``project/name`` with the options given. In both cases complete stages are skipped (see the module
@@ -59,12 +61,18 @@ def compress(*args: Any, **options: Any) -> dict[str, Any]:
     cfg = CompressConfig.of(*args, **options)
     if cfg.resume:
         run_dir = _find_run(cfg.resume, cfg.project)
+    else:
+        _check_args(cfg)
+        run_dir = claim_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok)
+    with RunLock(run_dir, log=print if cfg.verbose else None):  # this run's until it ends
+        return _compress(cfg, run_dir)
+
+
+def _compress(cfg: CompressConfig, run_dir: Path) -> dict[str, Any]:
+    if cfg.resume:
         stored = CompressConfig.from_record(json.loads((run_dir / ARGS_FILE).read_text()))
         cfg = stored.replace(**{k: getattr(cfg, k) for k in CompressConfig.runtime_names()})
     else:
-        _check_args(cfg)
-        run_dir = increment_path(Path(cfg.project) / cfg.name, cfg.exist_ok)
-        run_dir.mkdir(parents=True, exist_ok=True)
         cfg = _portable(cfg, run_dir)
         atomic_write_text(run_dir / ARGS_FILE, json.dumps(cfg.to_record(), indent=2) + "\n")
     pipe = _Pipeline(run_dir, cfg)
@@ -96,6 +104,11 @@ def _check_args(o: CompressConfig) -> None:
             raise ObbslimError(f"--teacher {o.teacher}: expected a checkpoint .pt")
         if not Path(o.teacher).is_file():
             raise ObbslimError(f"--teacher {o.teacher}: file not found")
+    if o.pretrained is not None:
+        if o.teacher is not None:
+            raise ObbslimError("--pretrained initialises the baseline training, which --teacher skips")
+        if not Path(o.pretrained).is_file():
+            raise ObbslimError(f"--pretrained {o.pretrained}: file not found")
     if isinstance(o.data, (str, Path)) and not Path(o.data).is_file():
         raise ObbslimError(f"--data {o.data}: dataset YAML not found")
 
@@ -115,7 +128,7 @@ def _portable(o: CompressConfig, run_dir: Path) -> CompressConfig:
         hyp = run_dir / "hyp.yaml"
     paths = {
         k: None if v is None else str(Path(v).resolve())
-        for k, v in (("data", data), ("hyp", hyp), ("teacher", o.teacher))
+        for k, v in (("data", data), ("hyp", hyp), ("teacher", o.teacher), ("pretrained", o.pretrained))
     }
     model = o.model
     if str(model).endswith((".pt", ".yaml", ".yml")) and Path(model).is_file():

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from obbslim.deploy.benchmark import benchmark
 from obbslim.distill.run import distill
+from obbslim.errors import ObbslimError
 from obbslim.model import read_checkpoint
 from obbslim.options import (
     BenchmarkConfig,
@@ -141,6 +142,10 @@ def baseline(ctx: Context) -> Stage:
         }
         return Stage("1_baseline", "obbslim train", SparseTrainConfig, sparse_train, {}, {}, given=given)
     key = {"data": c.data, "model": c.model, "epochs": c.epochs_base}
+    if c.pretrained:  # another file, or the same one rewritten, trains the baseline again
+        if not Path(c.pretrained).is_file():
+            raise ObbslimError(f"--pretrained {c.pretrained}: file not found (the baseline started from it)")
+        key["pretrained"] = f"{c.pretrained}:{Path(c.pretrained).stat().st_mtime_ns}"
     return ctx.training(
         "1_baseline",
         "obbslim train",
@@ -149,6 +154,7 @@ def baseline(ctx: Context) -> Stage:
         key,
         data=c.data,
         model=c.model,
+        pretrained=c.pretrained,
         epochs=c.epochs_base,
     )
 

@@ -12,6 +12,7 @@ import numpy as np
 from torch import nn
 
 from obbslim.model import model_info
+from obbslim.utils.io import atomic_savefig
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:
@@ -127,7 +128,7 @@ def plot_widths(widths: dict[str, list[int]], path: str | Path) -> Path:
     ax.set_title("conv widths before / after pruning")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_savefig(fig, path, dpi=110)
+    finally:
+        plt.close(fig)

@@ -34,7 +34,7 @@ from obbslim.options.train import SPARSITY_SCHEDULES as SCHEDULES
 from obbslim.options.train import SPARSITY_WEIGHTINGS as WEIGHTINGS
 from obbslim.prune.slim import coupled_groups, dependency_graph, load_torch_pruning
 from obbslim.utils.device import de_parallel
-from obbslim.utils.io import atomic_write_text
+from obbslim.utils.io import atomic_savefig, atomic_write_text
 
 END_FACTOR = 0.1  # linear/cosine decay lambda to 0.1 lambda at the end (the YOLOv5 slimming repos)
 HIST_BINS = np.linspace(-6.0, 1.0, 71)  # log10|gamma| bins of the histogram plot
@@ -164,10 +164,10 @@ def plot_gamma_hist(history: list[dict], path: str | Path) -> Path | None:
     ax.set_title("BN scale distribution over training (dashed: 1e-2)")
     fig.colorbar(im, ax=ax, label="fraction of channels")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_savefig(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 class SparsityTraining:
