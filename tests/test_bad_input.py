@@ -183,12 +183,13 @@ def test_detector_refuses_an_empty_image(tiny):
             det.predict(img)
 
 
-def test_default_gap_is_a_fifth_of_small_tiles_and_kept_for_large(tiny):
+def test_default_gap_scales_with_the_tile_an_explicit_one_is_kept(tiny):
     from obbslim.inference.detector import Detector
 
     assert Detector(tiny, device="cpu", imgsz=128).gap == 25
-    assert Detector(tiny, device="cpu", imgsz=512).gap == 200
+    assert Detector(tiny, device="cpu", imgsz=512).gap == 100
     assert Detector(tiny, device="cpu", imgsz=128, gap=0).gap == 0
+    assert Detector(tiny, device="cpu", imgsz=128, tile=512, gap=200).gap == 200
 
 
 # ------------------------------------------------------------------------------ the --hyp file

@@ -334,6 +334,23 @@ def test_windows_and_letterbox_back_to_image_pixels():
     assert silent.predict_batch([]) == []
 
 
+def test_default_gap_scales_with_the_tile_and_a_small_stride_warns():
+    """The devkit's 200 px overlap belongs to 1024 px tiles: at 256 it would cut a 1147x1023 DOTA image
+    into 255 windows (stride 56) instead of 30, each adding up to max_det boxes to the merge."""
+    from obbslim.inference.detector import default_gap
+
+    def net(x):
+        return torch.zeros(x.shape[0], 1, 7)
+
+    assert default_gap(1024) == 200 and default_gap(256) == 50 and default_gap(640) == 125
+    det = Detector(net, names=["a"], device="cpu", imgsz=256)
+    assert det.gap == 50 and len(det.windows((1023, 1147))) == 30
+    assert Detector(net, names=["a"], device="cpu", imgsz=256, tile=512).gap == 100
+    with pytest.warns(UserWarning, match="stride of 56 px"):
+        many = Detector(net, names=["a"], device="cpu", imgsz=256, gap=200)
+    assert len(many.windows((1023, 1147))) == 255
+
+
 def test_theta_refine_option_uses_the_bins():
     """theta_refine reads the bin probabilities: a peak split between two bins gives their midpoint."""
 

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import shapely
@@ -106,12 +111,12 @@ def test_batched_is_per_class(seed):
     np.testing.assert_array_equal(np.sort(got_t.numpy()), np.sort(ref))
 
 
-@pytest.mark.parametrize("grid_rounds", [0, 2, 32])
-def test_long_suppression_chain_uses_fallbacks(monkeypatch, grid_rounds):
+@pytest.mark.parametrize("block0", [1, 3, 1024])
+def test_long_suppression_chain_uses_fallbacks(monkeypatch, block0):
     # boxes in a row, each overlapping the next with IoU 0.6, scores falling along the row: greedy
     # keeps every other box; the chain is longer than the vectorised round limits, so every stage
-    # (grid rounds, candidate-pair rounds, edge resolution, sequential loop) gets used
-    monkeypatch.setattr(nms_mod, "_GRID_ROUNDS", grid_rounds)
+    # (blocks against kept boxes, lazy rounds, edge resolution, sequential loop) gets used
+    monkeypatch.setattr(nms_mod, "_BLOCK0", block0)
     monkeypatch.setattr(nms_mod, "_LAZY_ROUNDS", 3)
     monkeypatch.setattr(nms_mod, "_MAX_ROUNDS", 4)
     n = 40
@@ -136,7 +141,7 @@ def test_30000_boxes_in_chunks(monkeypatch):
     # 15,000 grid cells with a box and a slightly shifted lower-scored duplicate: keep exactly the
     # first of each pair. Small chunks prove that no N x N matrix is needed.
     monkeypatch.setattr(iou_mod, "CHUNK_PAIRS", 4096)
-    monkeypatch.setattr(nms_mod, "CHUNK_PAIRS", 4096)
+    monkeypatch.setattr(nms_mod, "PAIR_BUDGET", 4096)
     rng = np.random.default_rng(0)
     g = np.stack(np.meshgrid(np.arange(150), np.arange(100)), -1).reshape(-1, 2) * 50.0
     a = np.c_[
@@ -246,3 +251,121 @@ def test_tiny_boxes_far_apart_and_integer_input():
     np.testing.assert_array_equal(nms_rotated(r, np.array([0.1, 0.3, 0.2]), 0.5), [1, 0])
     ri = np.array([[0, 0, 10, 4, 0], [1, 0, 10, 4, 0], [50, 0, 10, 4, 0]])  # ints: computed in float64
     np.testing.assert_array_equal(nms_rotated(ri, np.array([3, 2, 1]), 0.5), [0, 2])
+
+
+@SETTINGS
+@given(seeds, st.sampled_from([0.1, 0.4, 0.7]), st.integers(1, 60))
+def test_max_keep_is_the_prefix_of_the_full_result(seed, thr, max_keep):
+    rng = np.random.default_rng(seed)
+    r, s = clustered(rng, 400, 25)
+    cls = rng.integers(0, 3, len(r))
+    full = batched_nms_rotated(r, s, cls, thr)
+    np.testing.assert_array_equal(batched_nms_rotated(r, s, cls, thr, max_keep=max_keep), full[:max_keep])
+    assert nms_rotated(r, s, thr, max_keep=0).shape == (0,)
+
+
+def test_boxes_of_very_different_sizes():
+    # a few huge boxes among many small ones: each size level has its own cells, the small boxes
+    # still pair only with their neighbours; the result is the textbook one
+    rng = np.random.default_rng(3)
+    r, s = clustered(rng, 600, 40, extent=800)
+    big = np.c_[rng.uniform(0, 800, (6, 2)), rng.uniform(500, 900, (6, 2)), rng.uniform(-1.5, 1.5, 6)]
+    tiny = np.c_[rng.uniform(0, 800, (30, 2)), rng.uniform(0.5, 2, (30, 2)), rng.uniform(-1.5, 1.5, 30)]
+    r = np.concatenate([r, big, big + [3, 0, 0, 0, 0.05], tiny, tiny + [0.2, 0, 0, 0, 0]])
+    s = np.concatenate([s, rng.uniform(0, 1, 72)])
+    for thr in (0.1, 0.5):
+        np.testing.assert_array_equal(nms_rotated(r, s, thr), shapely_nms(r, s, thr))
+
+
+@settings(max_examples=10, deadline=None)
+@given(seeds)
+def test_slab_bounds_bracket_the_intersection(seed):
+    # the bounds that decide most turned pairs without clipping must hold for any pair
+    rng = np.random.default_rng(seed)
+    n = 400
+    a = np.c_[rng.uniform(0, 50, (n, 2)), rng.uniform(1, 60, (n, 2)), rng.uniform(-1.6, 1.6, n)]
+    b = np.c_[a[:, :2] + rng.normal(0, 15, (n, 2)), rng.uniform(1, 60, (n, 2)), rng.uniform(-1.6, 1.6, n)]
+    b[:50, 4] = a[:50, 4]  # parallel
+    b[50:100, 4] = a[50:100, 4] + np.pi / 2  # perpendicular
+    b[100:150] = a[100:150]  # identical
+    ta, tb = torch.tensor(a), torch.tensor(b)
+    c, s = torch.cos(ta[:, 4]), torch.sin(ta[:, 4])
+    dx, dy = tb[:, 0] - ta[:, 0], tb[:, 1] - ta[:, 1]
+    d = tb[:, 4] - ta[:, 4]
+    lo, hi = nms_mod._slab_bounds(
+        dx * c + dy * s, dy * c - dx * s, torch.cos(d), torch.sin(d),
+        ta[:, 2] / 2, ta[:, 3] / 2, tb[:, 2] / 2, tb[:, 3] / 2,
+    )  # fmt: skip
+    pa = shapely.polygons(rbox2poly(a).reshape(-1, 4, 2))
+    pb = shapely.polygons(rbox2poly(b).reshape(-1, 4, 2))
+    ref = shapely.area(shapely.intersection(pa, pb))
+    tol = 1e-9 * (a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3])
+    assert np.all(lo.numpy() <= ref + tol) and np.all(hi.numpy() >= ref - tol)
+    np.testing.assert_allclose(hi.numpy()[100:150], ref[100:150], rtol=1e-9)  # identical: exact
+
+
+def test_one_thread_inside_and_restored():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        nms_rotated(torch.zeros(3, 5), torch.ones(3), 0.5)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+_BOUNDED_MEMORY_SCRIPT = r"""
+import resource, sys
+import numpy as np, torch
+from obbslim.ops import nms_rotated
+
+def vm_bytes(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+rng = np.random.default_rng(0)
+# 1,089 piles 60 px apart: a best box and 130 copies each with IoU > 0.5 to it (all suppressed)
+g = np.stack(np.meshgrid(np.arange(30, 2000, 60), np.arange(30, 2000, 60)), -1).reshape(-1, 2)
+P = len(g)
+top = np.c_[g, rng.uniform(28, 34, P), rng.uniform(20, 24, P), rng.uniform(-1.5, 1.5, P)]
+c = np.repeat(np.arange(P), 130)
+n = len(c)
+jit = np.c_[rng.uniform(-1, 1, (n, 2)), rng.uniform(-0.5, 0.5, (n, 2)), rng.uniform(-0.03, 0.03, n)]
+s_top = rng.uniform(0.9, 1.0, P)
+# ~60,000 thin 60 x 4 boxes on 9 angles 20 degrees apart crossing the piles and each other (IoU < 0.2:
+# all kept): per angle, lines 10 px apart, boxes end to end
+thin = []
+for k in range(9):
+    a = np.pi * k / 9 - np.pi / 2
+    u, v = np.arange(-3000, 3000, 60.0) + 7 * k, np.arange(-3000, 3000, 10.0) + 0.3 * k
+    U, V = [t.ravel() for t in np.meshgrid(u, v)]
+    x, y = 1000 + U * np.cos(a) - V * np.sin(a), 1000 + U * np.sin(a) + V * np.cos(a)
+    m = (x > 0) & (x < 2000) & (y > 0) & (y < 2000)
+    thin.append(np.c_[x[m], y[m], np.full(m.sum(), 60.0), np.full(m.sum(), 4.0), np.full(m.sum(), a)])
+thin = np.concatenate(thin)
+r = np.concatenate([top, top[c] + jit, thin])
+s = np.concatenate([s_top, s_top[c] * rng.uniform(0, 0.999, len(c)), rng.uniform(0, 1, len(thin))])
+expect = np.r_[np.arange(P), P + len(c) + np.arange(len(thin))]
+torch.set_num_threads(1)
+nms_rotated(r[:1000], s[:1000], 0.5)  # imports and allocator warm
+cap = vm_bytes("VmSize") + int(sys.argv[1]) * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+keep = nms_rotated(torch.from_numpy(r), torch.from_numpy(s), 0.5)
+assert len(r) > 200_000, len(r)
+assert np.array_equal(np.sort(keep.numpy()), expect), (len(keep), len(expect))
+print("ok", len(r), len(keep))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and RLIMIT_AS")
+def test_200000_overlapping_boxes_under_a_memory_cap():
+    # piles of near-duplicates (one kept per pile) crossed by thin boxes that overlap thousands of
+    # others without suppressing them: millions of candidate pairs, processed in chunks, so the run
+    # fits in 768 MB of address space above its start (building all pairs at once needs > 2 GB)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-c", _BOUNDED_MEMORY_SCRIPT, "768"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("ok")

@@ -383,6 +383,20 @@ def test_merge_offsets_rates_nms_and_task1(tmp_path):
     assert back["A"][2].tolist() == ["ship", "plane"] and back["B"][0].shape == (0, 8)
 
 
+def test_merge_max_det_is_the_best_of_the_full_merge():
+    rng = np.random.default_rng(0)
+    tiles = {}
+    for left in (0, 80, 160):  # overlapping tiles seeing the same objects, shifted and rescored
+        r = np.c_[rng.uniform(0, 100, (60, 2)) + [200 - left, 0], rng.uniform(8, 30, (60, 2)),
+                  rng.uniform(-1.5, 1.5, 60)]  # fmt: skip
+        tiles[f"A__1.0__{left}___0"] = (r, rng.uniform(0, 1, 60), rng.integers(0, 3, 60))
+    full = merge_detections(tiles)["A"]
+    top = merge_detections(tiles, max_det=25)["A"]
+    assert len(full.scores) > 25 and len(top.scores) == 25
+    np.testing.assert_array_equal(top.rboxes, full.rboxes[:25])
+    np.testing.assert_array_equal(top.cls, full.cls[:25])
+
+
 def test_merge_polys_by_name_and_task1_input(tmp_path):
     q = np.array([[0, 0, 20, 0, 20, 10, 0, 10.0], [300, 300, 320, 300, 320, 310, 300, 310]])
     tiles = {

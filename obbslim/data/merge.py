@@ -82,6 +82,7 @@ def merge_detections(
     classes: Sequence[str] | None = None,
     out_dir: str | Path | None = None,
     task1_dir: str | Path | None = None,
+    max_det: int | None = None,
 ) -> dict[str, MergedDets]:
     """Merge per-tile detections into per-image detections.
 
@@ -90,6 +91,7 @@ def merge_detections(
     kind for every tile. NMS is class-wise rotated NMS at ``iou_thr`` over all tiles and rates of
     an image. Every image with at least one tile gets an entry (possibly empty).
 
+    ``max_det``: keep only the best ``max_det`` of each image (NMS stops as soon as they are known).
     ``out_dir``: write ``<image>.txt`` per image; ``task1_dir``: write ``Task1_<class>.txt``.
     Both need class names: given as names, or ids with ``classes`` (index = id). With ``classes``
     every class gets a Task1 file, even an empty one.
@@ -123,7 +125,8 @@ def merge_detections(
         cls = cls.astype(str) if by_name else cls.astype(np.int64)
         if len(scores):
             _, codes = np.unique(cls, return_inverse=True)
-            keep = _numpy(batched_nms_rotated(rboxes, scores, codes.reshape(-1), iou_thr)).astype(np.int64)
+            keep = batched_nms_rotated(rboxes, scores, codes.reshape(-1), iou_thr, max_keep=max_det)
+            keep = _numpy(keep).astype(np.int64)
             keep = keep[np.argsort(-scores[keep], kind="stable")]
         else:
             keep = np.zeros(0, np.int64)

@@ -12,6 +12,7 @@ obj x cls, class-aware rotated NMS, ``max_det``.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -144,9 +145,9 @@ class Detector:
     ``weights``: a ``.pt`` checkpoint, an ``.onnx`` export, or a model object (an ``OBBModel``, or any
     callable taking float [B, 3, H, W] in 0..1 and returning decoded ``[B, N, 6 + nc (+ 180)]`` or a
     tuple whose first item is that). ``tile`` defaults to ``imgsz``; images larger than ``tile`` on
-    either side are tiled, windows overlapping by ``gap`` (default 200, or ``tile // 5`` for tiles of
-    200 px or less; a ``gap >= tile`` is an error). The options are checked as
-    :class:`~obbslim.options.DetectConfig` checks them (``conf`` in [0, 1], ...).
+    either side are tiled, windows overlapping by ``gap`` (default ``default_gap(tile)``, 200 at 1024;
+    a ``gap >= tile`` is an error; a stride ``tile - gap`` under half the tile is warned about). The
+    options are checked as :class:`~obbslim.options.DetectConfig` checks them (``conf`` in [0, 1], ...).
     ``half`` runs fp16 on CUDA (ignored on CPU). ``batch`` windows go through the network at once.
     ``merge_iou`` is the IoU of the tile merge (0.1, the DOTA devkit's).
     ``theta_refine``: sub-bin angle from the CSL bins. Off by default: benchmarks/bench_theta_refine.py
@@ -189,6 +190,13 @@ class Detector:
         self.tile = int(tile) if tile else imgsz
         check_gap(DetectConfig, gap, self.tile, "tile" if tile else "the input size")
         self.gap = default_gap(self.tile) if gap is None else int(gap)
+        if 2 * self.gap > self.tile:
+            warnings.warn(
+                f"gap {self.gap} leaves a stride of {self.tile - self.gap} px, under half the {self.tile} px "
+                f"tile: every image point is seen by many windows, each adding up to max_det boxes to the "
+                f"merge (slow); the default for this tile is --gap {default_gap(self.tile)}",
+                stacklevel=2,
+            )
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
         self.batch = int(batch)
         self.merge_iou = float(merge_iou)
@@ -300,7 +308,7 @@ class Detector:
             rb, sc, cl = mine[0][1]
         else:
             tiles = {tile_name("img", 1.0, w.left, w.top): r for w, r in mine}
-            m = merge_detections(tiles, iou_thr=self.merge_iou)["img"]
+            m = merge_detections(tiles, iou_thr=self.merge_iou, max_det=self.max_det)["img"]
             rb, sc, cl = m.rboxes[: self.max_det], m.scores[: self.max_det], m.cls[: self.max_det]
         return Detections(
             rboxes=np.asarray(rb, np.float64).reshape(-1, 5),

@@ -66,10 +66,10 @@ def postprocess(
             rb[:, 4] = ops.csl_refine(torch.logit(x[i, 6 + nc :], eps=1e-6))
         rb = ops.norm_rbox(rb)
         cls = j.long()
-        if nms_per_class:
-            keep = ops.batched_nms_rotated(rb, conf, cls, iou_thr)
+        if nms_per_class:  # max_keep: NMS stops once the max_det best are known (the same result)
+            keep = ops.batched_nms_rotated(rb, conf, cls, iou_thr, max_keep=max_det)
         else:
-            keep = ops.nms_rotated(rb, conf, iou_thr)
+            keep = ops.nms_rotated(rb, conf, iou_thr, max_keep=max_det)
         keep = keep[:max_det]
         out.append({"rboxes": rb[keep], "scores": conf[keep], "cls": cls[keep]})
     return out

@@ -10,12 +10,11 @@ from obbslim.errors import ObbslimError
 from obbslim.options.base import Options, option, threads_option, workers_option
 from obbslim.options.checks import COUNT, FRACTION, IMGSZ, at_least
 
-DEFAULT_GAP = 200  # tile overlap in pixels (the DOTA devkit's); tiles up to this size overlap by a fifth
-
 
 def default_gap(tile: int) -> int:
-    """The overlap used when none is given: 200 px, or a fifth of a tile of 200 px or less."""
-    return DEFAULT_GAP if DEFAULT_GAP < tile else tile // 5
+    """Tile overlap for ``tile`` px windows: the DOTA devkit's 200 px belongs to 1024 px tiles, so it
+    scales with the tile (a fixed 200 px on 256 px tiles would cut an image into hundreds of windows)."""
+    return round(200 * int(tile) / 1024)
 
 
 def check_gap(options: type[Options], gap: int | None, tile: int, what: str) -> None:
@@ -36,8 +35,8 @@ class DetectConfig(Options):
     imgsz: int = option(1024, "network input size", check=IMGSZ)
     tile: int | None = option(None, "tile size for large images (default: --imgsz)", type=int,
                               check=at_least(32))  # fmt: skip
-    gap: int | None = option(None, "tile overlap in pixels (default: 200, or tile/5 for tiles up to 200)",
-                             type=int, check=at_least(0))  # fmt: skip
+    gap: int | None = option(None, "tile overlap in pixels (default: 200 * tile / 1024)", type=int,
+                             check=at_least(0))  # fmt: skip
     conf: float = option(0.25, "confidence threshold", check=FRACTION)
     iou: float = option(0.4, "NMS IoU threshold", check=FRACTION)
     max_det: int = option(1000, "detections kept per image", check=COUNT)
@@ -78,8 +77,8 @@ class ValConfig(Options):
     threads: int | None = threads_option()
     full_images: str | Path | None = option(None, "folder with images/, labelTxt/ of full images",
                                             metavar="SRC_DIR")  # fmt: skip
-    gap: int | None = option(None, "tile overlap in pixels with --full-images (default: 200, or imgsz/5 up "
-                             "to 200)", type=int, check=at_least(0))  # fmt: skip
+    gap: int | None = option(None, "--full-images tile overlap (default: 200 * imgsz / 1024)", type=int,
+                             check=at_least(0))  # fmt: skip
     json_path: str | Path | None = option(None, "write {metric, mAP, per_class, mAP50_95, speed_ms, ...}",
                                           flag="--json", metavar="OUT")  # fmt: skip
     project: str | Path = option("runs/val", "where run folders go")
