@@ -79,7 +79,7 @@ def test_every_stage_and_the_report(full):
     # every linked image exists, and the required plots are among them
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert all((run / link).is_file() for link in links), links
-    for need in ("2_sparse/gamma_hist.png", "3_prune/widths.png", "5_benchmark/map_vs_latency.png",
+    for need in ("2_sparse/gamma_hist.png", "3_prune/pruned_widths.png", "5_benchmark/map_vs_latency.png",
                  "1_baseline/results.png", "4_distill/results.png", "4_finetune/results.png"):  # fmt: skip
         assert need in links
     for cmd in ("obbslim train", "obbslim prune", "obbslim distill", "obbslim benchmark"):
@@ -166,8 +166,9 @@ def test_teacher_skips_the_baseline(full, synth, tmp_path):
     [
         (dict(prune_ratio=0.5, target_flops=0.5), "exactly one of --prune-ratio and --target-flops"),
         (dict(prune_ratio=None), "exactly one of --prune-ratio and --target-flops"),
-        (dict(prune_ratio=1.5), "--prune-ratio 1.5 must be in (0, 1)"),
-        (dict(epochs_sparse=0), "--epochs-sparse must be at least 1"),
+        (dict(prune_ratio=1.5), "--prune-ratio must be in (0, 1), got 1.5"),
+        (dict(epochs_sparse=0), "--epochs-sparse must be >= 1, got 0"),
+        (dict(epochs_base=0), "--epochs-base must be >= 1 without --teacher, got 0"),
         (dict(teacher="nope.pt"), "--teacher nope.pt: file not found"),
         (dict(sparsity_weighting="params"), "--sparsity-weighting 'params': use none or flops"),
     ],

@@ -86,7 +86,7 @@ def commands(root: Path, data: Path, dota: Path, out: Path) -> dict[str, tuple[l
     imgs = str(dota / "images")
     return {
         "detect": (["detect", "--weights", str(OLD), "--source", imgs, "--imgsz", "64", "--device", "cpu",
-                    "--conf", "0.0001", "--save-dota", str(out / "task1")], None,
+                    "--conf", "0.0001", "--save-dota", str(out / "task1")], "Task1_",
                    out / "task1" / "Task1_*.txt"),
         "val": (["val", "--weights", str(OLD), "--data", str(data), "--imgsz", "64", "--batch", "2",
                  "--device", "cpu", "--workers", "0", "--project", str(out), "--name", "v"], "PR_curve.png",

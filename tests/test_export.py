@@ -297,7 +297,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, ckpt, capsys):
     assert main(main_args) == 2
     with pytest.raises(ObbslimError, match="opset"):
         export_onnx(ckpt, opset=13, out=tmp_path / "x.onnx")
-    with pytest.raises(ObbslimError, match="multiple of the max stride"):
+    with pytest.raises(ObbslimError, match="multiple of the model's largest stride"):
         export_onnx(ckpt, imgsz=100, out=tmp_path / "x.onnx")
 
 

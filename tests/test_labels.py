@@ -255,7 +255,7 @@ def test_bad_samples_are_reported_with_file_and_line(tmp_path):
     np.testing.assert_allclose(good.polys[1], [16, 12.8, 48, 12.8, 48, 38.4, 16, 38.4], rtol=1e-6)
     text = rep.summary(max_messages=2)
     assert "8 images found, 4 used (2 background), 4 skipped as bad" in text
-    assert "2 degenerate polygons dropped, 1 orphan label files" in text and "... and 5 more messages" in text
+    assert "2 degenerate polygons dropped, 1 orphan label file;" in text and "... and 5 more messages" in text
 
 
 def test_bad_labeltxt_dataset(tmp_path):

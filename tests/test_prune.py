@@ -331,10 +331,15 @@ def test_cli_writes_checkpoint_report_and_plot(ckpt, tmp_path, capsys):
     out = tmp_path / "p" / "pruned.pt"
     rc = main(["prune", "--weights", str(ckpt), "--ratio", "0.5", "--imgsz", "64", "--out", str(out)])
     assert rc == 0
-    text = (out.parent / "prune_report.md").read_text()
+    text = (out.parent / "pruned_report.md").read_text()
     assert "| params |" in text and "| GFLOPs at 64 |" in text and "model.4.cv1" in text
-    assert (out.parent / "widths.png").stat().st_size > 1000
-    assert "Pruning report" in capsys.readouterr().out
+    assert (out.parent / "pruned_widths.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "Pruning report" in printed and "model.4.cv1" not in printed  # the per-layer table is in the file
+    assert printed.rstrip().splitlines()[-1] == (
+        f"Pruned model saved to {out}; report {out.parent / 'pruned_report.md'}, per-layer widths "
+        f"{out.parent / 'pruned_widths.png'}"
+    )
     ck = torch.load(out, weights_only=True)
     assert ck["pruned"]["criterion"] == "ratio" and ck["pruned"]["fold"] is True
     m = OBBModel.from_arch(ck["arch"])
@@ -377,7 +382,7 @@ def test_prune_checkpoint_reports_map_and_pruned_model_fine_tunes(ckpt, synth, t
     rep = prune_checkpoint(ckpt, out, ratio=0.5, imgsz=64, data=synth, batch=2, verbose=False)
     assert set(rep["mAP50"]) == {"before", "pruned_folded", "pruned_no_fold"}
     assert all(0.0 <= v <= 1.0 for v in rep["mAP50"].values())
-    assert "mAP50 (VOC07, val)" in (tmp_path / "prune_report.md").read_text()
+    assert "mAP50 (VOC07, val)" in (tmp_path / "pruned_report.md").read_text()
     arch = read_checkpoint(out)["arch"]
     r = train(data=synth, model=str(out), epochs=1, imgsz=64, batch=2, device="cpu", workers=0, hyp=FAST_HYP,
               project=tmp_path / "runs", verbose=False, noplots=True)  # fmt: skip

@@ -17,7 +17,7 @@ from obbslim.cli import main as cli_main
 from obbslim.data.labeltxt import read_labeltxt, read_task1, write_labeltxt
 from obbslim.data.merge import merge_detections, parse_tile_name, read_tile_detections
 from obbslim.data.split import clip_objects, crop_tile, split_dataset, tile_name, tile_windows
-from obbslim.errors import InputError
+from obbslim.errors import InputError, ObbslimError
 from obbslim.eval.dota import evaluate_dota
 
 
@@ -343,7 +343,7 @@ def test_split_images_only_and_errors(shared_data, tmp_path):
         split_dataset(src, tmp_path / "dst2", progress=False)
     with pytest.raises(InputError, match="not found"):
         split_dataset(tmp_path / "nope", tmp_path / "dst3", progress=False)
-    with pytest.raises(InputError, match="gap"):
+    with pytest.raises(ObbslimError, match="--gap 100 must be smaller than --size 100"):
         split_dataset(src, tmp_path / "dst4", size=100, gap=100, images_only=True, progress=False)
 
 

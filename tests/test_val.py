@@ -95,8 +95,10 @@ def test_val_split_with_perfect_predictions(synth, tmp_path, capsys):
     assert js["n_gt"]["small-vehicle"] == sum(int((s.cls == 0).sum()) for s in samples)
     # the table (a row per class and 'all'), the speed line and the PR curve
     lines = printed.splitlines()
-    head = ["class", "images", "labels", "dets", "P", "R", "mAP50", "mAP50-12", "mAP50-95"]
-    assert lines[0].split() == head
+    head = ["class", "images", "labels", "dets", "P", "R", "mAP50", "mAP50", "mAP50-95"]
+    assert lines[0].split() == head and lines[1].split() == ["(VOC07)", "(VOC12)", "(VOC12)"]
+    assert lines[1].index("(VOC07)") + len("(VOC07)") == lines[0].index("mAP50") + len("mAP50")  # aligned
+    assert lines[1].rstrip().endswith("(VOC12)") and len(lines[1].rstrip()) == len(lines[0])
     assert any(ln.split()[0] == "all" and ln.split()[1] == "2" for ln in lines[2:] if ln.strip())
     assert "Speed:" in printed and "per image at shape (2, 3, 96, 96)" in printed
     assert (tmp_path / "v" / "PR_curve.png").stat().st_size > 0

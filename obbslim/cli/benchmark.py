@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
         "benchmark",
         help="compare checkpoints: mAP50, params, GFLOPs, weight MB, latency (PyTorch, ONNX Runtime)",
         description="Benchmark each checkpoint on the data's val split and write benchmark.md, "
-        "benchmark.json, map_vs_latency.png and map_vs_gflops.png to --out; %% changes are against the "
+        "benchmark.json, map_vs_latency.png and map_vs_gflops.png to --out; % changes are against the "
         "first model.",
     )
     BenchmarkConfig.add_arguments(p)

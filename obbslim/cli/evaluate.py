@@ -24,5 +24,5 @@ def run(args: argparse.Namespace) -> int:
 
     c = EvaluateConfig.from_args(args)
     classes = None if c.classes is None else [k for k in c.classes.split(",") if k.strip()]
-    print(evaluate_report(c.det_dir, c.ann_dir, c.imageset, classes, c.metric, c.iou, c.json_path))
+    print(evaluate_report(c.det_dir, c.ann_dir, c.imageset, classes, c.metric, c.iou, c.json_path, c.threads))
     return 0

@@ -13,7 +13,8 @@ def add_parser(subparsers) -> None:
         help="remove channels with small BN scales (network slimming) and save the slimmer model",
         description="Prune output channels by |gamma| with one global threshold (coupled channels "
         "together, Detect outputs untouched), fold the pruned channels' constant activations into the "
-        "next layers, and write --out plus prune_report.md and widths.png beside it. Fine-tune the "
+        "next layers, and write --out plus OUT_report.md and OUT_widths.png beside it (OUT: its stem). "
+        "Fine-tune the "
         "result with: obbslim train --model OUT.pt --data D.yaml",
     )
     PruneConfig.add_arguments(p)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from obbslim.options import SplitConfig
+from obbslim.utils.text import plural
 
 
 def add_parser(subparsers) -> None:
@@ -27,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
     s = split_dataset(**SplitConfig.from_args(args).kwargs())
     print(
-        f"{s['images']} images -> {s['tiles_written']} tiles written, {s['tiles_skipped']} already there, "
-        f"{s['objects']} objects, {len(s['failed'])} failed"
+        f"{plural(s['images'], 'image')} -> {plural(s['tiles_written'], 'tile')} written, "
+        f"{s['tiles_skipped']} already there, {plural(s['objects'], 'object')}, {len(s['failed'])} failed"
     )
     for path, reason in s["failed"]:
         print(f"obbslim split: skipped {path}: {reason}", file=sys.stderr)

@@ -15,7 +15,7 @@ import numpy as np
 from obbslim.data.classes import normalize_name
 from obbslim.utils.io import atomic_write_bytes
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the unknown class names of each image
 
 
 def cache_path(im_files: list[str], label_dir: str, split: str) -> str | None:
@@ -52,6 +52,7 @@ def save(path: str, key: str, im_files: list[str], results: list[dict]) -> str |
     """Write the cache atomically; return None, or the reason it could not be written."""
     counts = np.array([len(r["cls"]) for r in results], dtype=np.int64)
     msgs = [m for r in results for m in r["msgs"]]
+    unknown = [k for r in results for k in r["unknown"]]
     arrays = {
         "version": np.array(CACHE_VERSION, dtype=np.int64),
         "key": np.array(key),
@@ -62,6 +63,8 @@ def save(path: str, key: str, im_files: list[str], results: list[dict]) -> str |
         "counts": counts,
         "n_msgs": np.array([len(r["msgs"]) for r in results], dtype=np.int64),
         "msgs": np.array(msgs, dtype=str) if msgs else np.zeros(0, dtype="<U1"),
+        "n_unknown": np.array([len(r["unknown"]) for r in results], dtype=np.int64),
+        "unknown": np.array(unknown, dtype=str) if unknown else np.zeros(0, dtype="<U1"),
         "polys": np.concatenate([r["polys"] for r in results]).astype(np.float32).reshape(-1, 8),
         "cls": np.concatenate([r["cls"] for r in results]).astype(np.int64),
         "difficult": np.concatenate([r["difficult"] for r in results]).astype(np.int64),
@@ -95,12 +98,16 @@ def load(path: str, key: str) -> list[dict] | None:
     mends = np.cumsum(a["n_msgs"])
     mstarts = mends - a["n_msgs"]
     msgs = [str(m) for m in a["msgs"]]
+    uends = np.cumsum(a["n_unknown"])
+    ustarts = uends - a["n_unknown"]
+    unknown = [str(k) for k in a["unknown"]]
     return [
         {
             "status": int(a["status"][i]),
             "shape": (int(a["shapes"][i, 0]), int(a["shapes"][i, 1])),
             "dropped": int(a["dropped"][i]),
             "msgs": msgs[mstarts[i] : mends[i]],
+            "unknown": unknown[ustarts[i] : uends[i]],
             "polys": a["polys"][starts[i] : ends[i]],
             "cls": a["cls"][starts[i] : ends[i]],
             "difficult": a["difficult"][starts[i] : ends[i]],

@@ -42,6 +42,7 @@ from obbslim.data.augment import (
 from obbslim.data.labels import load_split
 from obbslim.errors import InputError
 from obbslim.ops import poly_area
+from obbslim.utils.threads import default_workers
 
 __all__ = ["OBBDataset", "collate_fn", "build_dataloader", "EpochSampler", "RectBatchSampler", "set_epoch"]
 
@@ -298,7 +299,7 @@ def build_dataloader(
     batch_size: int,
     augment: bool,
     hyp: dict[str, Any] | None = None,
-    workers: int = 0,
+    workers: int | None = 0,
     shuffle: bool | None = None,
     seed: int = 0,
     rank: int = -1,
@@ -316,6 +317,7 @@ def build_dataloader(
     With ``world_size > 1`` each rank gets its share (DistributedSampler, or whole rect batches).
     ``cache_images`` keeps the decoded, resized images in RAM. ``loader.dataset`` is the OBBDataset;
     call ``set_epoch(loader, e)`` to choose the epoch of the next pass (default: one more each pass).
+    ``workers`` None: min(8, cores - 1) (:func:`obbslim.utils.threads.default_workers`).
     """
     if isinstance(data, (list, tuple)):
         samples = list(data)
@@ -335,7 +337,7 @@ def build_dataloader(
         seed=seed,
         cache_images=cache_images,
     )
-    workers = min(int(workers), max(batch_size, 1))
+    workers = min(default_workers(workers), max(batch_size, 1))
     g = torch.Generator()
     g.manual_seed(seed)
     common = dict(

@@ -24,6 +24,7 @@ from obbslim.data.labeltxt import read_labeltxt
 from obbslim.errors import InputError
 from obbslim.ops import quad_area
 from obbslim.utils.names import check_name
+from obbslim.utils.text import plural
 
 SPLITS = ("train", "val", "test")
 LABEL_DIRS = {"yolo": "labels", "labeltxt": "labelTxt"}  # label format -> folder that replaces images/
@@ -31,6 +32,14 @@ MIN_AREA = 1.0  # px^2; smaller polygons are degenerate
 
 # Per-image scan outcome codes (stored in the cache).
 OK, BACKGROUND, BAD = 0, 1, 2
+
+
+class UnknownClassError(InputError):
+    """A label file names classes (or ids) the dataset does not list; ``classes`` holds all of them."""
+
+    def __init__(self, message: str, path: str, line: int, classes: list[str]):
+        super().__init__(message, path, line)
+        self.classes = classes
 
 
 @dataclass
@@ -58,6 +67,8 @@ class ScanReport:
     skipped_bad: int = 0  # corrupt images or malformed label files
     background: int = 0  # images with no label file or an empty one (0 objects, still used)
     orphans: int = 0  # label files without an image
+    unknown_classes: dict[str, int] = field(default_factory=dict)  # class name/id not in names -> images
+    names: list[str] = field(default_factory=list)  # the dataset's class names
     dropped_degenerate: int = 0  # polygons dropped (area < 1 px^2, NaN or inf)
     objects: int = 0  # objects in the returned samples
     messages: list[str] = field(default_factory=list)
@@ -66,18 +77,26 @@ class ScanReport:
     cache_file: str | None = None
 
     def summary(self, max_messages: int = 5) -> str:
+        dropped = plural(self.dropped_degenerate, "degenerate polygon")
         head = (
-            f"{self.split}: {self.found} images found, {self.used} used ({self.background} background), "
-            f"{self.skipped_bad} skipped as bad, {self.dropped_degenerate} degenerate polygons dropped, "
-            f"{self.orphans} orphan label files; {self.objects} objects"
+            f"{self.split}: {plural(self.found, 'image')} found, {self.used} used ({self.background} "
+            f"background), {self.skipped_bad} skipped as bad, {dropped} dropped, "
+            f"{plural(self.orphans, 'orphan label file')}; {plural(self.objects, 'object')}"
             f" [{self.label_format or 'no labels'}{', from cache' if self.from_cache else ''}]"
         )
         lines = [head]
+        if self.unknown_classes:
+            lines.append(f"  {self.unknown_text()}")
         lines += [f"  {m}" for m in self.messages[:max_messages]]
         if len(self.messages) > max_messages:
-            lines.append(f"  ... and {len(self.messages) - max_messages} more messages")
+            lines.append(f"  ... and {plural(len(self.messages) - max_messages, 'more message')}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def unknown_text(self) -> str:
+        """``labels name classes the dataset does not list: 'tank' (3 images), ...``."""
+        items = ", ".join(f"{k!r} ({plural(n, 'image')})" for k, n in sorted(self.unknown_classes.items()))
+        return f"labels name classes the dataset does not list (their images are skipped): {items}"
 
     def __str__(self) -> str:
         return self.summary()
@@ -265,13 +284,15 @@ def _parse_label_file(
         lf = read_labeltxt(path)
         lines = np.asarray(lf.lines, dtype=np.int64)
         keys = [normalize_name(n) for n in lf.names]
-        for j, k in enumerate(keys):
-            if k not in index:
-                raise InputError(
-                    f"unknown class name {lf.names[j]!r} (dataset names: {', '.join(index)})",
-                    path,
-                    int(lines[j]),
-                )
+        bad = [j for j, k in enumerate(keys) if k not in index]
+        if bad:
+            j = bad[0]
+            raise UnknownClassError(
+                f"unknown class name {lf.names[j]!r} (dataset names: {', '.join(index)})",
+                path,
+                int(lines[j]),
+                sorted({lf.names[i] for i in bad}),
+            )
         cls = np.array([index[k] for k in keys], dtype=np.int64)
         polys = np.asarray(lf.polys, dtype=np.float64).reshape(-1, 8)
         return polys, cls, np.asarray(lf.difficult, dtype=np.int64), lines
@@ -308,8 +329,11 @@ def _parse_label_file(
     bad = ~((c == np.round(c)) & (c >= 0) & (c < nc))
     if bad.any():
         j = int(np.argmax(bad))
-        raise InputError(
-            f"unknown class id {rows[j][0]!r} (dataset has {nc} classes: 0..{nc - 1})", path, int(lines[j])
+        raise UnknownClassError(
+            f"unknown class id {rows[j][0]!r} (dataset has {nc} classes: 0..{nc - 1})",
+            path,
+            int(lines[j]),
+            sorted({f"id {rows[i][0]}" for i in np.flatnonzero(bad)}),
         )
     h, w = shape
     polys = arr[:, 1:] * np.array([w, h] * 4, dtype=np.float64)
@@ -319,7 +343,7 @@ def _parse_label_file(
 def _scan_one(item: tuple) -> dict:
     """Scan one image and its label file; all problems become messages, never exceptions."""
     im_file, lb_file, fmt, index, nc = item
-    out: dict[str, Any] = {"status": OK, "shape": (0, 0), "msgs": [], "dropped": 0}
+    out: dict[str, Any] = {"status": OK, "shape": (0, 0), "msgs": [], "dropped": 0, "unknown": []}
     empty = (np.zeros((0, 8), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
     out["polys"], out["cls"], out["difficult"] = empty
     try:
@@ -331,6 +355,7 @@ def _scan_one(item: tuple) -> dict:
     except InputError as e:
         out["status"] = BAD
         out["msgs"] = [f"{e} (image skipped)"]
+        out["unknown"] = list(getattr(e, "classes", []))
         return out
     except OSError as e:
         out["status"] = BAD
@@ -386,7 +411,9 @@ def load_split(
     lb_files = [label_path(f, fmt) if fmt else None for f in im_files]
     orphans = find_orphans(im_files, lb_files) if fmt else []
 
-    report = ScanReport(split=split, label_format=fmt, found=len(im_files), orphans=len(orphans))
+    report = ScanReport(
+        split=split, label_format=fmt, found=len(im_files), orphans=len(orphans), names=list(names)
+    )
     if fmt is None:
         report.notes.append("no 'labels/' or 'labelTxt/' folder beside the images: all images are background")
     elif any(lb is None for lb in lb_files):
@@ -411,6 +438,8 @@ def load_split(
     for im, r in zip(im_files, results):
         report.messages += r["msgs"]
         report.dropped_degenerate += r["dropped"]
+        for k in r["unknown"]:
+            report.unknown_classes[k] = report.unknown_classes.get(k, 0) + 1
         if r["status"] == BAD:
             report.skipped_bad += 1
             continue

@@ -159,6 +159,11 @@ def read_task1(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     if not rows:
         return [], np.zeros(0, np.float64), np.zeros((0, 8), np.float64)
     values = _to_float(rows, nums, path, "score or coordinate")
+    bad = ~np.isfinite(values).all(1)
+    if bad.any():  # NaN/inf would rank and match arbitrarily
+        j = int(np.argmax(bad))
+        what = " ".join(rows[j])
+        raise InputError(f"score and coordinates must be finite numbers, got {what!r}", path, nums[j])
     return ids, values[:, 0].copy(), values[:, 1:].copy()
 
 

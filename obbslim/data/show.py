@@ -8,6 +8,7 @@ engine; ``show_dataset`` is the library side of ``obbslim show``.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +24,7 @@ from obbslim.ops import rbox2poly
 from obbslim.options import ShowConfig
 from obbslim.utils.io import atomic_imwrite, atomic_savefig
 from obbslim.utils.names import safe_join
+from obbslim.utils.threads import use_threads
 
 __all__ = ["class_color", "draw_rboxes", "plot_batch", "plot_labels", "show_dataset", "DIFFICULT_COLOR"]
 
@@ -180,6 +182,7 @@ def show_dataset(
     imgsz: int = ShowConfig.imgsz,
     seed: int = ShowConfig.seed,
     hyp: str | Path | dict[str, Any] | None = ShowConfig.hyp,
+    threads: int | None = ShowConfig.threads,
     cache: bool = True,
     max_size: int = 2048,
 ) -> list[Path]:
@@ -188,18 +191,34 @@ def show_dataset(
     Writes ``out/<image stem>.jpg`` for the first ``n`` images (original labels, difficult objects
     in white, long side shrunk to ``max_size``), ``out/<split>_batch0.jpg`` (a grid of up to 16
     dataset items as the model sees them: augmented with ``augment``, else letterboxed) and
-    ``out/labels.png`` (statistics of every object of the split).
+    ``out/labels.png`` (statistics of every object of the split). The split's scan report (what was
+    skipped, and why) is printed to stderr; an image that cannot be decoded is skipped with a message.
+    ``threads`` (None: the machine's default) holds for the call.
     """
+    ShowConfig(data=data, split=split, out=out, n=n, augment=augment, imgsz=imgsz, seed=seed, hyp=hyp,
+               threads=threads)  # fmt: skip
+    with use_threads(threads):
+        return _show(data, split, Path(out), n, augment, imgsz, seed, hyp, cache, max_size)
+
+
+def _show(
+    data: Any, split: str, out: Path, n: int, augment: bool, imgsz: int, seed: int, hyp: Any, cache: bool,
+    max_size: int,
+) -> list[Path]:
     d = load_data_yaml(data)
     names = d["names"]
-    samples, _ = load_split(d, split, cache=cache, verbose=False)
+    samples, _ = load_split(d, split, cache=cache, verbose=True)
+    if not samples:
+        raise InputError(f"split {split!r} has no usable images", d.get("yaml_file"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for s in samples[: max(n, 0)]:
+    for s in samples[:n]:
         img = cv2.imread(str(s.im_file), cv2.IMREAD_COLOR)
         if img is None:
-            raise InputError("cannot read image", s.im_file)
+            print(f"show: skipped {s.im_file}: cannot read image (corrupt or unsupported format)",
+                  file=sys.stderr)  # fmt: skip
+            continue
         r = to_rboxes(s.polys)
         f = min(1.0, max_size / max(img.shape[:2]))
         if f < 1:

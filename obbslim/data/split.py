@@ -369,6 +369,9 @@ def split_dataset(
     ``failed`` and the other images go on. Returns a summary: ``images``, ``tiles_written``,
     ``tiles_skipped``, ``objects`` (label lines written), ``failed`` (list of (path, reason)).
     """
+    rates = tuple(rates)
+    SplitConfig(src=src, dst=dst, size=size, gap=gap, rates=rates, keep_thr=keep_thr,
+                images_only=images_only, workers=workers, ext=ext)  # checks the values  # fmt: skip
     src, dst = Path(src), Path(dst)
     images_dir, labels_dir = src / "images", src / "labelTxt"
     if not src.is_dir():
@@ -376,12 +379,8 @@ def split_dataset(
     if not images_dir.is_dir():
         raise InputError("no images/ folder (expected a DOTA folder with images/ and labelTxt/)", src)
     if not images_only and not labels_dir.is_dir():
-        raise InputError("no labelTxt/ folder (use images_only / --images-only for a test set)", src)
+        raise InputError("no labelTxt/ folder (for a test set without labels: --images-only)", src)
     rates = tuple(float(r) for r in rates)
-    if not rates or any(not r > 0 for r in rates):
-        raise InputError(f"rates must be positive, got {rates}")
-    if not 0 <= keep_thr <= 1:
-        raise InputError(f"keep_thr must be in [0, 1], got {keep_thr}")
     ext = ext if ext.startswith(".") else "." + ext
     if ext.lower() not in IMG_FORMATS:
         raise InputError(f"unsupported tile format {ext!r}; use one of {', '.join(IMG_FORMATS)}")
@@ -403,6 +402,7 @@ def split_dataset(
     workers = min(workers, max(len(jobs), 1))
     summary: dict = {"images": len(files), "tiles_written": 0, "tiles_skipped": 0, "objects": 0, "failed": []}
 
+    _remove_partial_files(out_images, out_labels)  # a killed earlier run's
     bar = tqdm(total=len(jobs), desc="split", unit="img", disable=not progress)
     lock = RunLock(dst)  # one split writes into dst at a time; removes temp files a killed one left
     try:
@@ -413,11 +413,24 @@ def split_dataset(
         else:
             with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
                 _collect(pool.imap_unordered(_split_one, jobs), summary, bar)
+    except BaseException:
+        # Ctrl-C reaches the workers too, and the pool terminates them mid-write: their temporary files
+        # would stay behind (complete tiles are kept: a rerun resumes)
+        _remove_partial_files(out_images, out_labels)
+        raise
     finally:
         lock.release()
         bar.close()
     summary["failed"].sort()
     return summary
+
+
+def _remove_partial_files(*folders: Path) -> None:
+    """Delete the hidden temporary files (``.<name>.*.tmp``) an interrupted atomic write leaves."""
+    for folder in folders:
+        if folder.is_dir():
+            for p in folder.glob(".*.tmp"):
+                p.unlink(missing_ok=True)
 
 
 def _collect(results: Iterable[dict], summary: dict, bar: Any) -> None:

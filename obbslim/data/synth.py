@@ -294,10 +294,7 @@ def make_synthetic(
     depend only on (seed, n_images, size, val_frac, classes), not on `workers` (threads; default: CPU
     count). ``classes``: a subset of ``CLASSES`` to draw (default: all five), in data.yaml in that order.
     """
-    if n_images < 1 or size < 32 or not 0 <= val_frac <= 1:
-        raise ObbslimError(
-            f"need n_images >= 1, size >= 32 and 0 <= val_frac <= 1 (got {n_images}, {size}, {val_frac})"
-        )
+    SynthConfig(dst=dst, n_images=n_images, size=size, seed=seed, val_frac=val_frac, workers=workers)
     classes = tuple(classes or CLASSES)
     unknown = [c for c in classes if c not in CLASSES]
     if unknown or len(set(classes)) != len(classes):
@@ -309,7 +306,8 @@ def make_synthetic(
     if any(p.exists() for p in stale):
         if not overwrite:
             raise ObbslimError(
-                f"{dst} already holds a dataset (images/, labelTxt/ or data.yaml); use overwrite"
+                f"{dst} already holds a dataset (images/, labelTxt/ or data.yaml): --overwrite "
+                "(overwrite=True) replaces it"
             )
         for p in stale:
             if p.is_dir():

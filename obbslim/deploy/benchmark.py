@@ -15,9 +15,11 @@ import io
 import json
 import math
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import onnxruntime
@@ -25,14 +27,19 @@ import torch
 from torch import nn
 
 from obbslim.data.dataset import build_dataloader
+from obbslim.data.labels import load_data_yaml, load_split
 from obbslim.deploy.export import export_onnx
-from obbslim.errors import ObbslimError
+from obbslim.errors import InputError, ObbslimError
 from obbslim.eval.metrics import validate
+from obbslim.eval.val import check_model_classes, check_scan
+from obbslim.inference.detector import check_stride
 from obbslim.inference.onnx_backend import OnnxModel
 from obbslim.model import load, model_info, read_checkpoint
 from obbslim.options import BenchmarkConfig
 from obbslim.utils.device import select_device
 from obbslim.utils.io import atomic_savefig, atomic_write_bytes, atomic_write_text
+from obbslim.utils.text import plural
+from obbslim.utils.threads import default_threads
 
 COLUMNS = [  # (key, header, format)
     ("mAP50", "mAP50", "{:.4f}"),
@@ -134,7 +141,8 @@ def format_markdown(result: dict) -> str:
     s = result["settings"]
     notes = [
         "",
-        f"Data: {s['data']} (val split, {s['n_val_images']} images); input {s['imgsz']}x{s['imgsz']}; "
+        f"Data: {s['data']} (val split, {plural(s['n_val_images'], 'image')}); "
+        f"input {s['imgsz']}x{s['imgsz']}; "
         f"device {s['device']}; threads: PyTorch {s['torch_threads']}"
         + (f", ONNX Runtime {s['ort_threads']}" if s.get("onnx") else "") + ".",
         f"Latency: batch 1, median of {s['runs']} runs after {s['warmup']} warm-up runs, forward + decode "
@@ -196,20 +204,31 @@ def benchmark(*args: Any, **options: Any) -> dict:
     cfg = BenchmarkConfig.of(*args, **options)
     if not cfg.weights:
         raise ObbslimError("benchmark: no weights given")
+    d = load_data_yaml(cfg.data)
     for w in cfg.weights:  # fail before the (long) runs, with the file's name
-        read_checkpoint(w)
+        ck = read_checkpoint(w)
+        arch = ck["arch"]
+        own = SimpleNamespace(nc=arch.get("nc"), names=ck.get("names"), stride=arch.get("strides"))
+        check_model_classes(own, d["names"], w, d.get("yaml_file"), cfg.verbose)
+        check_stride(own, cfg.imgsz)
     labels = _labels(cfg.weights, cfg.names)
     dev = select_device(cfg.device)
     threads_before = torch.get_num_threads()
-    torch_threads = int(cfg.threads) if cfg.threads else threads_before
+    torch_threads = int(cfg.threads) if cfg.threads else default_threads()
     out = Path(cfg.out) if cfg.out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    loader = build_dataloader(cfg.data, "val", cfg.imgsz, cfg.batch, augment=False, workers=cfg.workers)
+    samples, scan = load_split(d, "val", verbose=False)
+    check_scan(scan, d.get("yaml_file"))
     if cfg.verbose:
-        ort_txt = f", ONNX Runtime threads {cfg.threads or 'default'}" if cfg.onnx else ""
+        print(scan.summary(), file=sys.stderr)
+    if not samples:
+        raise InputError("the val split has no usable images", d.get("yaml_file"))
+    loader = build_dataloader(samples, "val", cfg.imgsz, cfg.batch, augment=False, workers=cfg.workers)
+    if cfg.verbose:
+        ort_txt = f", ONNX Runtime threads {torch_threads}" if cfg.onnx else ""
         n, size = len(loader.dataset), f"{cfg.imgsz}x{cfg.imgsz}"
-        print(f"benchmark: {len(cfg.weights)} models, {n} val images, {size}, {dev}, "
+        print(f"benchmark: {plural(len(cfg.weights), 'model')}, {plural(n, 'val image')}, {size}, {dev}, "
               f"PyTorch threads {torch_threads}{ort_txt}")  # fmt: skip
     torch.set_num_threads(torch_threads)  # restored below: the caller's setting is not ours to keep
     try:
@@ -229,7 +248,7 @@ def benchmark(*args: Any, **options: Any) -> dict:
             "n_val_images": len(loader.dataset), "imgsz": cfg.imgsz, "device": str(dev),
             "onnx": bool(cfg.onnx),
             "runs": cfg.runs, "warmup": cfg.warmup, "torch_threads": torch_threads,
-            "ort_threads": cfg.threads or "default (physical cores)", "batch": 1,
+            "ort_threads": torch_threads, "batch": 1,
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
         },
     }  # fmt: skip
@@ -253,7 +272,7 @@ def _row(cfg: BenchmarkConfig, w: Any, label: str, loader: Any, dev: torch.devic
     if cfg.onnx:
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if dev.type == "cuda" else None
         p = export_onnx(w, imgsz=cfg.imgsz, out=onnx_dir / f"{label.replace('/', '_')}.onnx", verbose=False)
-        om = OnnxModel(p, providers=providers or ["CPUExecutionProvider"], threads=cfg.threads)
+        om = OnnxModel(p, providers=providers or ["CPUExecutionProvider"], threads=torch.get_num_threads())
         xn = x.cpu().numpy()
         lat_o = time_fn(lambda om=om, xn=xn: om.run_numpy(xn), cfg.runs, cfg.warmup)
     row = {

@@ -35,6 +35,7 @@ from obbslim.inference.onnx_metadata import FORMAT, OUTPUT_DOC, set_metadata
 from obbslim.model import OBBModel, load
 from obbslim.options import ExportConfig
 from obbslim.utils.io import atomic_write_bytes
+from obbslim.utils.threads import use_threads
 
 
 class ExportModel(nn.Module):
@@ -107,7 +108,7 @@ def export_onnx(
     CUDA (ONNX Runtime's CPU provider lacks fp16 kernels for most ops); it needs CUDA in PyTorch too.
     """
     if opset < 17:
-        raise ObbslimError(f"opset {opset} is too old: use 17 or later")
+        raise ObbslimError(f"--opset {opset} is too old: use 17 or later")
     model, path = _as_model(weights)
     if out is None:
         if path is None:
@@ -117,7 +118,7 @@ def export_onnx(
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
     smax = int(model.stride.max())
     if h % smax or w % smax:
-        raise ObbslimError(f"imgsz {h}x{w} must be a multiple of the max stride {smax}")
+        raise ObbslimError(f"--imgsz {h}x{w} must be a multiple of the model's largest stride, {smax}")
     device = torch.device("cpu")
     if half:
         if not torch.cuda.is_available():
@@ -180,8 +181,9 @@ def export(*args: Any, **options: Any) -> list[Path]:
     if cfg.int8 and (cfg.half or cfg.dynamic):
         raise ObbslimError("--int8 needs a fixed-size fp32 export: drop --half / --dynamic")
     keys = ("weights", "imgsz", "dynamic", "half", "simplify", "opset", "out", "verbose")
-    path = export_onnx(**cfg.kwargs(*keys))
-    paths = [path]
-    if cfg.int8:
-        paths.append(quantize_int8(path, cfg.data, calib=cfg.calib, verbose=cfg.verbose))
+    with use_threads(cfg.threads):
+        path = export_onnx(**cfg.kwargs(*keys))
+        paths = [path]
+        if cfg.int8:
+            paths.append(quantize_int8(path, cfg.data, calib=cfg.calib, verbose=cfg.verbose))
     return paths

@@ -59,6 +59,8 @@ from obbslim.options import TrainConfig
 from obbslim.utils.device import de_parallel, select_device
 from obbslim.utils.io import claim_run_dir, increment_path, run_path
 from obbslim.utils.lock import RunLock
+from obbslim.utils.text import plural
+from obbslim.utils.threads import use_threads
 
 MAX_BAD_STEPS = 10  # consecutive NaN/inf losses before training stops
 LOSS_KEYS = ("box", "obj", "cls", "theta")
@@ -151,9 +153,15 @@ def train(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> dic
     schedule still spans ``epochs``; ``resume`` continues).
     ``time_limit`` (hours) replaces ``epochs`` by the number that fits, re-estimated after every epoch.
     best.pt is the epoch with the highest OBB mAP50 (VOC07). ``callbacks``: see
-    :mod:`obbslim.engine.callbacks`.
+    :mod:`obbslim.engine.callbacks`. ``threads`` (None: the machine's default, see
+    :mod:`obbslim.utils.threads`) holds for the call; ``workers`` None: min(8, cores - 1).
     """
     cfg = TrainConfig.of(*args, **options)
+    with use_threads(cfg.threads):
+        return _train(cfg, callbacks)
+
+
+def _train(cfg: TrainConfig, callbacks: Sequence[Callback]) -> dict[str, Any]:
     info = ddp.dist_info()
     dev = select_device(cfg.device, info.local_rank, info.world_size)
     if dev.type == "cuda":
@@ -339,7 +347,8 @@ def patience_exhausted(state: TrainState, validated: bool, final: bool) -> bool:
     """Early stop: no better fitness for ``patience`` epochs (decided on rank 0, never on the last epoch)."""
     if validated and state.epoch - state.best_epoch >= state.cfg.patience and not final:
         state.log(
-            f"early stop: no improvement in {state.cfg.patience} epochs (best epoch {state.best_epoch})"
+            f"early stop: no improvement in {plural(state.cfg.patience, 'epoch')} "
+            f"(best epoch {state.best_epoch})"
         )
         return True
     return False
@@ -436,7 +445,8 @@ def _save_on_signal(state: TrainState, stop: StopRequest) -> None:
     save_checkpoint(state, state.last_pt)
     sig = "SIGINT" if stop.signum == 2 else "SIGTERM" if stop.signum == 15 else "a signal"
     state.log(
-        f"stopped by {sig} during epoch {state.epoch}: {state.last_pt} saved, {state.epoch} epochs complete; "
+        f"stopped by {sig} during epoch {state.epoch}: {state.last_pt} saved, "
+        f"{plural(state.epoch, 'epoch')} complete; "
         f"continue with: obbslim train --resume {state.save_dir}"
     )
 
@@ -452,7 +462,8 @@ def _summary(state: TrainState, stopped: str | None, stop: StopRequest) -> dict[
             if best
             else (f"no validation, weights -> {state.last_pt}")
         )
-        state.log(f"{state.epoch - state.start_epoch} epochs completed in {hours:.3f} h. {best_txt}")
+        done = plural(state.epoch - state.start_epoch, "epoch")
+        state.log(f"{done} completed in {hours:.3f} h. {best_txt}")
     return {
         "run_dir": str(state.save_dir),
         "last": str(state.last_pt),
@@ -550,6 +561,9 @@ def build_state(
     (``utils.lock``) goes on ``locks``, which the caller closes when the run ends."""
     log = print if (info.main and cfg.verbose) else (lambda *a, **k: None)
     cfg, ckpt, save_dir = _resolve_run(cfg, callbacks, log)
+    # an older checkpoint may lack newer keys; the user's --hyp is checked (before the run folder is
+    # claimed: a bad file leaves none behind), a checkpoint's is taken as it is
+    hyp = load_hyp(ckpt["hyp"], stored=True) if ckpt else load_hyp(cfg.hyp)
     if info.main:
         if ckpt is None:  # created atomically: two runs started together get exp and exp2
             save_dir = claim_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok)
@@ -557,7 +571,6 @@ def build_state(
             locks.enter_context(RunLock(save_dir, log=log))
         (save_dir / "weights").mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed + 1 + max(info.rank, 0))
-    hyp = load_hyp(ckpt["hyp"] if ckpt else cfg.hyp)  # an older checkpoint may lack newer keys
     if cfg.batch % info.world_size:
         raise ObbslimError(
             f"--batch {cfg.batch} must be a multiple of the number of processes {info.world_size}"
@@ -620,7 +633,7 @@ def _resolve_run(
         raise ObbslimError(f"{last}: not a training checkpoint (no train_args); use --model to fine-tune")
     if ckpt["epoch"] + 1 >= ckpt["train_args"]["epochs"]:
         raise ObbslimError(
-            f"{last}: training already finished ({ckpt['epoch'] + 1} epochs), nothing to resume"
+            f"{last}: training already finished ({plural(ckpt['epoch'] + 1, 'epoch')}), nothing to resume"
         )
     missing = set(ckpt.get("callbacks") or ()) - {cb.name for cb in callbacks}
     if missing:  # e.g. a distill run resumed by the bare engine would go on without its teacher
@@ -771,7 +784,8 @@ def _open_run_dir(state: TrainState, fresh: bool, train_samples: list, n_val: in
         state.csv = ResultsCSV(state.csv.path)
     ddp_txt = f" x{state.info.world_size} (DDP)" if state.info.enabled else ""
     state.log(
-        f"training {len(train_samples)} images ({n_val} val) at {state.imgsz} px on {state.device}{ddp_txt}, "
+        f"training {plural(len(train_samples), 'image')} ({n_val} val) at {state.imgsz} px on "
+        f"{state.device}{ddp_txt}, "
         f"batch {cfg.batch}, accumulate {accumulate_steps(cfg.batch, state.hyp['nbs'])}, AMP {state.amp} "
         f"-> {save_dir}"
     )

@@ -27,10 +27,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from obbslim.data.classes import class_key
+from obbslim.data.classes import class_key, normalize_name
 from obbslim.data.labeltxt import read_labeltxt, read_task1
 from obbslim.errors import InputError
 from obbslim.ops import poly_area, poly_iou
+from obbslim.utils.text import plural
 
 METRICS = ("voc07", "voc12")
 _PAIR_CHUNK = 1 << 20  # candidate pairs handled per IoU call (bounds memory)
@@ -296,13 +297,15 @@ def read_imageset(path: str | Path) -> dict[str, int]:
 
 
 def find_task1_files(det_dir: str | Path) -> dict[str, Path]:
-    """Map class key -> ``Task1_<class>.txt`` in ``det_dir``; two files for one class is an error."""
+    """Map class key -> ``Task1_<class>.txt`` in ``det_dir``, the key normalised as class names are
+    (``normalize_name``: case, ``_``, ``-`` and spaces do not matter, so ``Task1_small_vehicle.txt`` and
+    ``Task1_Ship.txt`` are small-vehicle and ship); two files for one class is an error."""
     det_dir = Path(det_dir)
     if not det_dir.is_dir():
         raise FileNotFoundError(f"{det_dir}: no such detection folder")
     files: dict[str, Path] = {}
     for p in sorted(det_dir.glob("Task1_*.txt")):
-        key = class_key(p.stem[len("Task1_") :])
+        key = normalize_name(p.stem[len("Task1_") :])
         if key in files:
             raise InputError(
                 f"two detection files for class {key!r}: {files[key].name} and {p.name}", det_dir
@@ -322,9 +325,13 @@ def evaluate_dota(
     """Evaluate ``det_dir/Task1_<class>.txt`` against ``ann_dir/<image>.txt`` labelTxt files.
 
     ``imageset`` lists the image ids (default: every label file in ``ann_dir``); ``classes``
-    defaults to every class in the ground truth, sorted. Returns a dict with ``metric``, ``mAP``,
-    ``per_class`` {class: AP} and per-class ``n_gt``, ``n_det``, ``n_tp``, ``precision``,
-    ``recall``, ``scores`` (the ranked curves); a list of them if ``iou_thr`` is a sequence.
+    defaults to every class in the ground truth, sorted. Class names in ``classes`` and in the file
+    names match the ground truth's loosely (``normalize_name``). Returns a dict with ``metric``,
+    ``mAP``, ``per_class`` {class: AP} and per-class ``n_gt``, ``n_det``, ``n_tp``, ``precision``,
+    ``recall``, ``scores`` (the ranked curves), and ``warnings`` (what was ignored, and why: detection
+    files of no evaluated class, an empty ``det_dir``, detections on images outside the image set,
+    ``classes`` missing from the ground truth); a list of them if ``iou_thr`` is a sequence.
+    Non-finite scores or coordinates are errors naming the file and line.
     """
     ann_dir = Path(ann_dir)
     if not ann_dir.is_dir():
@@ -341,11 +348,34 @@ def evaluate_dota(
                 raise InputError(f"image {img!r} has no label file {ann_dir / (img + '.txt')}", imageset, num)
         image_ids = list(listed)
     labels = [read_labeltxt(ann_dir / f"{img}.txt") for img in image_ids]
+    for lf, img in zip(labels, image_ids):
+        bad = ~np.isfinite(lf.polys).all(1)
+        if bad.any():
+            raise InputError("non-finite coordinate", ann_dir / f"{img}.txt", int(lf.lines[np.argmax(bad)]))
 
-    gt_names = [class_key(n) for lf in labels for n in lf.names]
-    names = sorted(set(gt_names)) if classes is None else list(dict.fromkeys(class_key(c) for c in classes))
+    gt_spelling: dict[str, str] = {}  # normalised -> as the ground truth spells it (first seen)
+    for lf in labels:
+        for n in lf.names:
+            gt_spelling.setdefault(normalize_name(n), class_key(n))
+    gt_names = [gt_spelling[normalize_name(n)] for lf in labels for n in lf.names]
+    warnings: list[str] = []
+    if classes is None:
+        names = sorted(set(gt_names))
+    else:
+        names = list(dict.fromkeys(gt_spelling.get(normalize_name(c), class_key(c)) for c in classes))
+        absent = [n for n in names if normalize_name(n) not in gt_spelling]
+        if absent:
+            warnings.append(f"{plural(len(absent), 'class', 'classes')} not in the ground truth (AP 0): "
+                            f"{', '.join(absent)}")  # fmt: skip
     cls_of = {n: i for i, n in enumerate(names)}
     img_of = {img: i for i, img in enumerate(image_ids)}
+    evaluated = {normalize_name(n) for n in names}
+    if not det_files:
+        warnings.append(f"no Task1_<class>.txt files in {det_dir}: every class scores 0")
+    unmatched = [p.name for k, p in det_files.items() if k not in evaluated and k not in gt_spelling]
+    if unmatched:
+        warnings.append(f"{plural(len(unmatched), 'detection file')} of no class in the ground truth "
+                        f"ignored: {', '.join(unmatched)} (classes: {', '.join(names)})")  # fmt: skip
 
     gt_polys = np.concatenate([lf.polys for lf in labels]) if labels else np.zeros((0, 8))
     gt_cls = np.array([cls_of.get(n, -1) for n in gt_names], np.int64)
@@ -355,11 +385,19 @@ def evaluate_dota(
     gt_diff = np.concatenate([lf.difficult for lf in labels] or [np.zeros(0, np.int64)])
 
     det_parts = []
+    outside: dict[str, int] = {}
     for c, name in enumerate(names):
-        if name in det_files:
-            ids, scores, polys = read_task1(det_files[name])
+        key = normalize_name(name)
+        if key in det_files:
+            ids, scores, polys = read_task1(det_files[key])
             dimg = np.array([img_of.get(i, -1) for i in ids], np.int64)
+            for i in np.flatnonzero(dimg < 0):
+                outside[ids[i]] = outside.get(ids[i], 0) + 1
             det_parts.append((polys, scores, np.full(len(ids), c, np.int64), dimg))
+    if outside:
+        some = ", ".join(sorted(outside)[:3]) + (", ..." if len(outside) > 3 else "")
+        n_det, n_img = plural(sum(outside.values()), "detection"), plural(len(outside), "image")
+        warnings.append(f"{n_det} on {n_img} outside the evaluated set ignored ({some})")
     if det_parts:
         det_polys, det_scores, det_cls, det_img = (np.concatenate(x) for x in zip(*det_parts))
     else:
@@ -369,7 +407,7 @@ def evaluate_dota(
             np.zeros(0, np.int64),
             np.zeros(0, np.int64),
         )
-    return evaluate_polys(
+    result = evaluate_polys(
         gt_polys=gt_polys,
         gt_cls=gt_cls,
         gt_img=gt_img,
@@ -382,3 +420,6 @@ def evaluate_dota(
         metric=metric,
         iou_thr=iou_thr,
     )
+    for res in result if isinstance(result, list) else [result]:
+        res["warnings"] = list(warnings)
+    return result

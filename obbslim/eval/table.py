@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Iterable
 
 from obbslim.eval.dota import evaluate_dota
 from obbslim.options import EvaluateConfig
 from obbslim.utils.io import atomic_write_text
+from obbslim.utils.threads import use_threads
 
 
 def format_table(result: dict, digits: int = 6) -> str:
@@ -44,9 +46,16 @@ def evaluate_report(
     metric: str = EvaluateConfig.metric,
     iou_thr: float = EvaluateConfig.iou,
     json_path: str | Path | None = None,
+    threads: int | None = None,
 ) -> str:
-    """Run ``evaluate_dota``, write the JSON summary if asked, and return the table text."""
-    result = evaluate_dota(det_dir, ann_dir, imageset, classes, metric, iou_thr)
+    """Run ``evaluate_dota``, write the JSON summary if asked, and return the table text; what the
+    evaluation ignored is printed to stderr as warnings."""
+    with use_threads(threads):
+        result = evaluate_dota(det_dir, ann_dir, imageset, classes, metric, iou_thr)
+    for w in result.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    text = format_table(result)
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(result_json(result), indent=2) + "\n")
-    return format_table(result)
+        text += f"\nJSON summary written to {json_path}"
+    return text

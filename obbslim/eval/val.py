@@ -14,15 +14,18 @@ AP50 VOC12, AP50-95), the YOLOv5 speed line, and write ``PR_curve.png`` into the
 
 from __future__ import annotations
 
+import difflib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from obbslim.data.classes import normalize_name
 from obbslim.data.dataset import build_dataloader
-from obbslim.data.labels import load_data_yaml, load_split
+from obbslim.data.labels import ScanReport, load_data_yaml, load_split
 from obbslim.errors import InputError, ObbslimError
 from obbslim.eval.dota import evaluate_dota
 from obbslim.eval.metrics import IOU_THRS, pr_at_best_f1, validate
@@ -34,6 +37,8 @@ from obbslim.options import ValConfig
 from obbslim.utils.device import select_device
 from obbslim.utils.io import atomic_write_text, open_run_dir, run_path
 from obbslim.utils.names import check_names
+from obbslim.utils.text import plural
+from obbslim.utils.threads import default_workers, use_threads
 
 
 def metric_rows(res07: dict, res12: list[dict], classes: list[str]) -> dict[str, dict[str, float]]:
@@ -62,9 +67,9 @@ def format_val_table(rows: dict[str, dict[str, float]], n_images: int) -> str:
     width = max([len("class")] + [len(c) for c in rows])
     head = (
         f"{'class':>{width}} {'images':>7} {'labels':>7} {'dets':>7} {'P':>7} {'R':>7} "
-        f"{'mAP50':>7} {'mAP50-12':>8} {'mAP50-95':>8}"
+        f"{'mAP50':>7} {'mAP50':>8} {'mAP50-95':>8}"
     )
-    out = [head, "  " + " " * (width + 32) + "(VOC07)  (VOC12)   (VOC12)"]
+    out = [head, " " * (width + 41) + "(VOC07)  (VOC12)  (VOC12)"]
     for c, v in rows.items():
         out.append(
             f"{c:>{width}} {n_images:>7} {int(v['n_gt']):>7} {int(v['n_det']):>7} {v['precision']:>7.3f} "
@@ -87,10 +92,14 @@ def val(*args: Any, detector: Any = None, **options: Any) -> dict[str, Any]:
 
     Returns ``{run_dir, rows (per class and 'all'), mAP50, mAP50_voc12, mAP50_95, precision, recall,
     speed_ms, n_images, json (what --json writes)}`` and, with ``full_images``, ``task1_dir``.
+
+    The split's scan report is printed (what was skipped, and why); a checkpoint for another number of
+    classes, or labels naming classes the data YAML does not list, are errors (the score would be
+    wrong). ``threads`` (None: the machine's default) holds for the call.
     """
     cfg = ValConfig.of(*args, **options)
-    with open_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok) as lock:  # this run's until it ends
-        return _val(cfg, lock.folder, detector)
+    with use_threads(cfg.threads), open_run_dir(run_path(cfg.project, cfg.name), cfg.exist_ok) as lock:
+        return _val(cfg, lock.folder, detector)  # the run folder is this run's until it ends
 
 
 def _val(cfg: ValConfig, run_dir: Path, detector: Any) -> dict[str, Any]:
@@ -123,6 +132,8 @@ def _val(cfg: ValConfig, run_dir: Path, detector: Any) -> dict[str, Any]:
         print(format_val_table(rows, out["n_images"]))
         print(speed_line(out["speed_ms"], out["shape"]))
         print(f"Results saved to {run_dir}")
+        if cfg.json_path is not None:
+            print(f"Metrics (JSON) written to {cfg.json_path}")
     return out
 
 
@@ -133,12 +144,17 @@ def _val_split(cfg: ValConfig) -> dict:
     dev = select_device(cfg.device)
     model = load(weights, device=dev) if isinstance(weights, (str, Path)) else weights.to(dev)
     d = load_data_yaml(cfg.data)
-    samples, _ = load_split(d, cfg.split, verbose=False)
+    check_model_classes(model, d["names"], weights, d.get("yaml_file"), verbose=False)
+    samples, report = load_split(d, cfg.split, verbose=False)
+    check_scan(report, d.get("yaml_file"))
+    if cfg.verbose:  # what the scan skipped, and why; then whether the model's names differ
+        print(report.summary(), file=sys.stderr)
+        check_model_classes(model, d["names"], weights, d.get("yaml_file"), verbose=True)
     if not samples:
         raise InputError(f"split {cfg.split!r} has no usable images", d.get("yaml_file"))
     stride = int(model.stride.max())
-    loader = build_dataloader(samples, cfg.split, cfg.imgsz, cfg.batch, augment=False, workers=cfg.workers,
-                              stride=stride)  # fmt: skip
+    loader = build_dataloader(samples, cfg.split, cfg.imgsz, cfg.batch, augment=False,
+                              workers=default_workers(cfg.workers), stride=stride)  # fmt: skip
     timer: dict[str, float] = {}
     half = cfg.half and dev.type == "cuda"
     m = validate(model, loader, d["names"], cfg.conf, cfg.iou, cfg.max_det, half=half, progress=cfg.progress,
@@ -154,6 +170,44 @@ def _val_split(cfg: ValConfig) -> dict:
     }
 
 
+def check_model_classes(
+    model: Any, names: list[str], weights: Any, data_file: Any = None, verbose: bool = True
+) -> None:
+    """A model scored on a dataset must predict its classes: another number of classes is an error; the
+    same number under other names is a warning (the dataset's names are used)."""
+    nc = getattr(model, "nc", None)
+    where = weights if isinstance(weights, (str, Path)) else "the model"
+    if nc is not None and int(nc) != len(names):
+        raise ObbslimError(
+            f"{where} predicts {plural(int(nc), 'class', 'classes')} but the dataset {data_file or ''} has "
+            f"{len(names)}: validate a model on the classes it was trained for"
+        )
+    own = list(getattr(model, "names", None) or [])
+    differ = [(a, b) for a, b in zip(own, names) if normalize_name(a) != normalize_name(b)]
+    if own and differ and verbose:
+        pairs = ", ".join(f"{a!r} -> {b!r}" for a, b in differ[:4]) + (", ..." if len(differ) > 4 else "")
+        print(f"warning: {where} names its classes differently from the dataset ({pairs}); "
+              "the dataset's names are used", file=sys.stderr)  # fmt: skip
+
+
+def check_scan(report: ScanReport, data_file: Any) -> None:
+    """Labels naming classes the data YAML does not list would be skipped and the score taken on the
+    rest: refuse, naming them and the nearest listed names."""
+    if not report.unknown_classes:
+        return
+    keys = {normalize_name(x): x for x in report.names}
+    parts = []
+    for k, n in sorted(report.unknown_classes.items()):
+        near = difflib.get_close_matches(normalize_name(k), list(keys), n=1, cutoff=0.4)
+        hint = f", nearest listed: {keys[near[0]]!r}" if near else ""
+        parts.append(f"{k!r} ({plural(n, 'image')}{hint})")
+    raise InputError(
+        f"the {report.split} labels name classes that 'names' does not list: {', '.join(parts)}; fix 'names' "
+        "or the labels (a score without those images would be wrong)",
+        data_file,
+    )
+
+
 def _val_full_images(cfg: ValConfig, run_dir: Path, detector: Any) -> dict:
     src = Path(cfg.full_images)
     img_dir, ann_dir = src / "images", src / "labelTxt"
@@ -162,6 +216,13 @@ def _val_full_images(cfg: ValConfig, run_dir: Path, detector: Any) -> dict:
             raise InputError("--full-images needs images/ and labelTxt/ folders; missing", p)
     files = list_sources(img_dir)
     check_stems(files, task1=True)  # image ids of Task1 lines: no whitespace, before any work
+    seen: dict[str, str] = {}
+    for f in files:  # the ground truth is labelTxt/<stem>.txt: two images of one stem cannot both be it
+        stem, name = Path(f).stem, Path(f).name
+        if stem in seen:
+            msg = f"two images share the stem {stem!r} ({seen[stem]}, {name}): labelTxt/{stem}.txt can be"
+            raise InputError(msg + " the labels of one only", img_dir)
+        seen[stem] = name
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
         tile=cfg.imgsz, gap=cfg.gap, half=cfg.half, batch=cfg.batch, multi_label=True,
@@ -181,6 +242,12 @@ def _val_full_images(cfg: ValConfig, run_dir: Path, detector: Any) -> dict:
     res07 = evaluate_dota(task1_dir, ann_dir, imageset, metric="voc07", iou_thr=0.5)
     res12 = evaluate_dota(task1_dir, ann_dir, imageset, metric="voc12", iou_thr=IOU_THRS)
     classes = [c for c in res07["per_class"] if res07["n_gt"].get(c, 0) > 0]
+    known = {normalize_name(n) for n in det.names}
+    unknown = [c for c in classes if normalize_name(c) not in known]
+    if unknown and cfg.verbose:
+        what = plural(len(unknown), "class", "classes")
+        print(f"warning: the labels of {ann_dir} have {what} the model does not predict (AP 0): "
+              f"{', '.join(unknown)}", file=sys.stderr)  # fmt: skip
     return {
         "res07": res07,
         "res12": res12,

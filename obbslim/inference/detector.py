@@ -29,6 +29,8 @@ from obbslim.inference.onnx_backend import OnnxModel
 from obbslim.inference.postprocess import postprocess, scale_rboxes
 from obbslim.model import load
 from obbslim.ops import rbox2poly
+from obbslim.options import DetectConfig
+from obbslim.options.inference import check_gap, default_gap
 from obbslim.utils.device import select_device
 
 
@@ -71,12 +73,6 @@ class Window:
     pad: tuple[int, int] = (0, 0)
 
 
-def default_gap(tile: int) -> int:
-    """Tile overlap for ``tile`` px windows: the DOTA devkit's 200 px belongs to 1024 px tiles, so it
-    scales with the tile (a fixed 200 px on 256 px tiles would cut an image into hundreds of windows)."""
-    return round(200 * int(tile) / 1024)
-
-
 def read_image(source: str | Path | np.ndarray) -> tuple[np.ndarray, str | None]:
     """A path (read as BGR uint8) or an HWC uint8 BGR array (a grey 2-D array is made BGR)."""
     if isinstance(source, np.ndarray):
@@ -87,6 +83,8 @@ def read_image(source: str | Path | np.ndarray) -> tuple[np.ndarray, str | None]
             raise InputError(f"expected an HxWx3 BGR image array, got shape {img.shape}")
         if img.dtype != np.uint8:
             raise InputError(f"expected a uint8 image array, got {img.dtype}")
+        if img.shape[0] == 0 or img.shape[1] == 0:
+            raise InputError(f"empty image array (shape {img.shape})")
         return img, None
     path = Path(source)
     if not path.is_file():
@@ -128,6 +126,19 @@ def load_weights(
     return model, list(names or model.names), "torch"
 
 
+def check_stride(model: object, imgsz: int) -> None:
+    """A square input of ``imgsz`` must be a multiple of the model's largest stride (its feature maps
+    would not line up); models without a ``stride`` are not checked."""
+    stride = getattr(model, "stride", None)
+    if stride is None:
+        return
+    s = int(max(float(v) for v in stride))
+    if s > 0 and imgsz % s:
+        lo, hi = imgsz // s * s, (imgsz // s + 1) * s
+        near = f"{lo} or {hi}" if lo else str(hi)
+        raise ObbslimError(f"--imgsz {imgsz} must be a multiple of the model's largest stride, {s} ({near})")
+
+
 class Detector:
     """Rotated-box detector over images of any size (see the module doc).
 
@@ -135,7 +146,8 @@ class Detector:
     callable taking float [B, 3, H, W] in 0..1 and returning decoded ``[B, N, 6 + nc (+ 180)]`` or a
     tuple whose first item is that). ``tile`` defaults to ``imgsz``; images larger than ``tile`` on
     either side are tiled, windows overlapping by ``gap`` (default ``default_gap(tile)``, 200 at 1024;
-    a ``gap >= tile`` becomes ``tile // 5``; a stride ``tile - gap`` under half the tile is warned about).
+    a ``gap >= tile`` is an error; a stride ``tile - gap`` under half the tile is warned about). The
+    options are checked as :class:`~obbslim.options.DetectConfig` checks them (``conf`` in [0, 1], ...).
     ``half`` runs fp16 on CUDA (ignored on CPU). ``batch`` windows go through the network at once.
     ``merge_iou`` is the IoU of the tile merge (0.1, the DOTA devkit's).
     ``theta_refine``: sub-bin angle from the CSL bins. Off by default: benchmarks/bench_theta_refine.py
@@ -160,6 +172,9 @@ class Detector:
         multi_label: bool = False,
         names: Sequence[str] | None = None,
     ):
+        DetectConfig.check_values(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, tile=tile, gap=gap,
+                                  batch=batch)  # fmt: skip
+        check_gap(DetectConfig, gap, tile or imgsz, "tile" if tile else "the input size")  # before loading
         self.device = select_device(device)
         self.model, self.names, self.backend = load_weights(weights, self.device, names)
         imgsz = int(imgsz)
@@ -169,13 +184,12 @@ class Detector:
                 imgsz = max(h, w)
             self.input_shape = (int(h), int(w))
         else:
+            check_stride(self.model, imgsz)
             self.input_shape = (imgsz, imgsz)
         self.imgsz = imgsz
         self.tile = int(tile) if tile else imgsz
-        gap = default_gap(self.tile) if gap is None else int(gap)
-        self.gap = gap if gap < self.tile else self.tile // 5
-        if self.tile <= 0 or self.gap < 0:
-            raise ObbslimError(f"need tile > 0 and 0 <= gap < tile, got tile={self.tile} gap={self.gap}")
+        check_gap(DetectConfig, gap, self.tile, "tile" if tile else "the input size")
+        self.gap = default_gap(self.tile) if gap is None else int(gap)
         if 2 * self.gap > self.tile:
             warnings.warn(
                 f"gap {self.gap} leaves a stride of {self.tile - self.gap} px, under half the {self.tile} px "
@@ -184,7 +198,7 @@ class Detector:
                 stacklevel=2,
             )
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
-        self.batch = max(int(batch), 1)
+        self.batch = int(batch)
         self.merge_iou = float(merge_iou)
         self.multi_label = bool(multi_label)
         self.half = bool(half) and self.device.type == "cuda" and self.backend == "torch"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
 from obbslim.errors import ObbslimError
+from obbslim.options.checks import THREADS, WORKERS, Check
 
 T = TypeVar("T", bound="Options")
 
@@ -43,6 +44,7 @@ def option(
     cli: bool = True,
     runtime: bool = False,
     record: bool = True,
+    check: Check | None = None,
 ) -> Any:
     """A dataclass field carrying its CLI spelling.
 
@@ -50,12 +52,27 @@ def option(
     the default; ``positional`` makes a positional argument; ``group`` puts the option in a mutually
     exclusive group (``required`` then means one of the group is); ``cli=False`` keeps it out of the
     command line (Python-only); ``runtime`` marks what a resumed run may change (device, workers, ...);
-    ``record=False`` keeps it out of what checkpoints store (it describes this invocation only).
+    ``record=False`` keeps it out of what checkpoints store (it describes this invocation only);
+    ``check`` (:mod:`obbslim.options.checks`) is the value's range, enforced whenever a config is built.
     """
     meta = dict(help=help, flag=flag, type=type, choices=choices, metavar=metavar, nargs=nargs, const=const,
                 positional=positional, required=required, group=group, cli=cli, runtime=runtime,
-                record=record)  # fmt: skip
+                record=record, check=check)  # fmt: skip
     return dataclasses.field(default=default, metadata=meta)
+
+
+def threads_option(help: str = "CPU threads", **kw: Any) -> Any:
+    """``--threads N`` (None: ``$OMP_NUM_THREADS``, else the cores - 1; see :mod:`obbslim.utils.threads`).
+    It describes the machine, not the result: a resumed run may change it and records leave it out."""
+    kw = {"runtime": True, "record": False, **kw}
+    return option(None, f"{help} (default: $OMP_NUM_THREADS, else all cores but one)", type=int, metavar="N",
+                  check=THREADS, **kw)  # fmt: skip
+
+
+def workers_option(help: str = "dataloader workers", **kw: Any) -> Any:
+    """``--workers N`` (None: ``min(8, cores - 1)``, see :func:`obbslim.utils.threads.default_workers`)."""
+    return option(None, f"{help} (default: all cores but one, at most 8)", type=int, metavar="N",
+                  check=WORKERS, **kw)  # fmt: skip
 
 
 def plain(value: Any) -> Any:
@@ -79,6 +96,39 @@ class Options:
 
     #: fields a Python caller may give positionally, in this order (``distill(student, teacher, data)``)
     positional: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ checking
+    def validate(self) -> None:
+        """Every field's ``check`` (its range), then :meth:`check_together`; the first problem is an
+        :class:`ObbslimError` naming the flag: ``--conf must be in [0, 1], got 2``. Runs whenever a
+        config is built (``of``, ``from_args``, ``from_record``, ``replace``)."""
+        type(self).check_values(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        self.check_together()
+
+    def check_together(self) -> None:
+        """Checks that involve several fields (a subclass's hook; raise :class:`ObbslimError`)."""
+
+    @classmethod
+    def check_values(cls, **values: Any) -> None:
+        """The field checks of the given values (for callers that take the same options as keywords,
+        such as the Detector)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, value in values.items():
+            check = fields[name].metadata.get("check") if name in fields else None
+            problem = check.problem(value) if check else None
+            if problem:
+                raise ObbslimError(f"{cls.spelling(name)} {problem}")
+
+    @classmethod
+    def spelling(cls, name: str) -> str:
+        """How the user wrote an option: its flag (``--conf``), or its name when it has no flag."""
+        f = {f.name: f for f in dataclasses.fields(cls)}.get(name)
+        if f is None or not f.metadata["cli"]:
+            return name
+        return name if f.metadata["positional"] else cls.flag(name)
 
     # ------------------------------------------------------------------ building
     @classmethod

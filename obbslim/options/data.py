@@ -7,7 +7,9 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from obbslim.options.base import Options, option
+from obbslim.errors import ObbslimError
+from obbslim.options.base import Options, option, threads_option
+from obbslim.options.checks import COUNT, FRACTION, IMGSZ, THREADS, at_least, positive
 
 
 def iou_threshold(text: str) -> float:
@@ -25,15 +27,21 @@ class SplitConfig(Options):
 
     src: str | Path = option("", "DOTA folder with images/ and labelTxt/", positional=True)
     dst: str | Path = option("", "output folder (images/ and labelTxt/ are created)", positional=True)
-    size: int = option(1024, "tile size in pixels (default 1024)")
-    gap: int = option(200, "overlap between tiles in pixels (default 200)")
-    rates: tuple[float, ...] = option((1.0,), "resize rates (default 1.0)", nargs="+")
+    size: int = option(1024, "tile size in pixels (default 1024)", check=COUNT)
+    gap: int = option(200, "overlap between tiles in pixels (default 200)", check=at_least(0))
+    rates: tuple[float, ...] = option((1.0,), "resize rates (default 1.0)", nargs="+", check=positive())
     keep_thr: float = option(
-        0.7, "area kept at or below which a cut object is marked difficult=2 (default 0.7)"
+        0.7, "area kept at or below which a cut object is marked difficult=2 (default 0.7)", check=FRACTION
     )
     images_only: bool = option(False, "test-set mode: no labels")
-    workers: int | None = option(None, "processes (default: CPU count, at most 8)", type=int)
+    workers: int | None = option(None, "processes (default: CPU count, at most 8)", type=int, check=THREADS)
     ext: str = option(".png", "tile image format (default .png)")
+
+    def check_together(self) -> None:
+        if self.gap >= self.size:
+            raise ObbslimError(f"--gap {self.gap} must be smaller than --size {self.size}")
+        if not self.rates:
+            raise ObbslimError("--rates needs at least one rate")
 
 
 @dataclass
@@ -43,12 +51,12 @@ class SynthConfig(Options):
     positional = ("dst",)
 
     dst: str | Path = option("", "output folder", positional=True, metavar="DST")
-    n_images: int = option(300, "number of images (default 300)", flag="--images")
-    size: int = option(512, "image side in pixels (default 512)")
-    seed: int = option(0, "random seed; same seed, same files (default 0)")
-    val_frac: float = option(0.2, "fraction of images in val (default 0.2)")
+    n_images: int = option(300, "number of images (default 300)", flag="--images", check=COUNT)
+    size: int = option(512, "image side in pixels (default 512)", check=at_least(32))
+    seed: int = option(0, "random seed; same seed, same files (default 0)", check=at_least(0))
+    val_frac: float = option(0.2, "fraction of images in val (default 0.2)", check=FRACTION)
     overwrite: bool = option(False, "replace an existing dataset in DST")
-    workers: int | None = option(None, "drawing threads (default: CPU count, max 8)", type=int)
+    workers: int | None = option(None, "drawing threads (default: CPU count, max 8)", type=int, check=THREADS)
     classes: list[str] | None = option(None, "draw only these of the five classes (default: all)", nargs="+",
                                        metavar="NAME", type=str)
 
@@ -62,12 +70,13 @@ class ShowConfig(Options):
     data: str | Path = option("", "dataset YAML", positional=True, metavar="DATA")
     split: str = option("train", "split to draw (default: train)")
     out: str | Path = option("", "output folder", required=True, metavar="DIR")
-    n: int = option(16, "number of images drawn with their labels (default: 16)")
+    n: int = option(16, "number of images drawn with their labels (default: 16)", check=at_least(0))
     augment: bool = option(False, "draw the batch grid with training augmentation")
-    imgsz: int = option(640, "image size of the batch grid items (default: 640)")
+    imgsz: int = option(640, "image size of the batch grid items (default: 640)", check=IMGSZ)
     seed: int = option(0, "augmentation seed (default: 0)")
     hyp: str | Path | dict | None = option(None, "hyperparameter YAML (default: the project defaults)",
                                            type=str, metavar="YAML")  # fmt: skip
+    threads: int | None = threads_option()
 
 
 @dataclass
@@ -88,3 +97,4 @@ class EvaluateConfig(Options):
     iou: float = option(0.5, "match when polygon IoU is strictly above this", type=iou_threshold)
     json_path: str | Path | None = option(None, "also write {metric, iou_thr, mAP, per_class, n_gt, n_det}",
                                           flag="--json", metavar="OUT")  # fmt: skip
+    threads: int | None = threads_option()

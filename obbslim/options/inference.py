@@ -6,7 +6,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from obbslim.options.base import Options, option
+from obbslim.errors import ObbslimError
+from obbslim.options.base import Options, option, threads_option, workers_option
+from obbslim.options.checks import COUNT, FRACTION, IMGSZ, at_least
+
+
+def default_gap(tile: int) -> int:
+    """Tile overlap for ``tile`` px windows: the DOTA devkit's 200 px belongs to 1024 px tiles, so it
+    scales with the tile (a fixed 200 px on 256 px tiles would cut an image into hundreds of windows)."""
+    return round(200 * int(tile) / 1024)
+
+
+def check_gap(options: type[Options], gap: int | None, tile: int, what: str) -> None:
+    """An explicit overlap must be smaller than the tile (``obbslim split`` refuses the same)."""
+    if gap is not None and int(gap) >= int(tile):
+        flag = options.spelling("gap")
+        raise ObbslimError(f"{flag} {gap} must be smaller than the tile, {tile} px ({what})")
 
 
 @dataclass
@@ -17,13 +32,16 @@ class DetectConfig(Options):
 
     weights: Any = option(None, "checkpoint .pt or ONNX export .onnx", required=True)
     source: Any = option(None, "image file(s), folder(s) or glob pattern(s)", nargs="+", required=True)
-    imgsz: int = option(1024, "network input size")
-    tile: int | None = option(None, "tile size for large images (default: --imgsz)", type=int)
-    gap: int | None = option(None, "tile overlap in pixels (default: 200 * tile / 1024)", type=int)
-    conf: float = option(0.25, "confidence threshold")
-    iou: float = option(0.4, "NMS IoU threshold")
-    max_det: int = option(1000, "detections kept per image")
-    batch: int = option(8, "network inputs (tiles) per forward pass")
+    imgsz: int = option(1024, "network input size", check=IMGSZ)
+    tile: int | None = option(None, "tile size for large images (default: --imgsz)", type=int,
+                              check=at_least(32))  # fmt: skip
+    gap: int | None = option(None, "tile overlap in pixels (default: 200 * tile / 1024)", type=int,
+                             check=at_least(0))  # fmt: skip
+    conf: float = option(0.25, "confidence threshold", check=FRACTION)
+    iou: float = option(0.4, "NMS IoU threshold", check=FRACTION)
+    max_det: int = option(1000, "detections kept per image", check=COUNT)
+    batch: int = option(8, "network inputs (tiles) per forward pass", check=COUNT)
+    threads: int | None = threads_option()
     device: str | None = option(None, "cpu, 0, cuda:1 (default: GPU 0 if available)")
     half: bool = option(False, "fp16 inference (CUDA only)")
     save_img: bool = option(False, "save images with the boxes drawn")
@@ -35,6 +53,9 @@ class DetectConfig(Options):
     progress: bool = option(True, "progress bar", cli=False)
     verbose: bool = option(True, "print the summary", cli=False)
 
+    def check_together(self) -> None:
+        check_gap(type(self), self.gap, self.tile or self.imgsz, "--tile, default --imgsz")
+
 
 @dataclass
 class ValConfig(Options):
@@ -45,17 +66,19 @@ class ValConfig(Options):
     weights: Any = option(None, "checkpoint .pt (--full-images also takes .onnx)", required=True)
     data: str | Path | dict | None = option(None, "dataset YAML (not needed with --full-images)")
     split: str = option("val", "dataset split to validate")
-    imgsz: int = option(1024, "input size (tile size with --full-images)")
-    batch: int = option(16, "images (tiles) per forward pass")
-    conf: float = option(0.001, "confidence threshold")
-    iou: float = option(0.4, "NMS IoU threshold")
-    max_det: int = option(300, "detections kept per image (per tile)")
+    imgsz: int = option(1024, "input size (tile size with --full-images)", check=IMGSZ)
+    batch: int = option(16, "images (tiles) per forward pass", check=COUNT)
+    conf: float = option(0.001, "confidence threshold", check=FRACTION)
+    iou: float = option(0.4, "NMS IoU threshold", check=FRACTION)
+    max_det: int = option(300, "detections kept per image (per tile)", check=COUNT)
     device: str | None = option(None, "cpu, 0, cuda:1 (default: GPU 0 if available)")
     half: bool = option(False, "fp16 inference (CUDA only)")
-    workers: int = option(0, "dataloader workers")
+    workers: int | None = workers_option()
+    threads: int | None = threads_option()
     full_images: str | Path | None = option(None, "folder with images/, labelTxt/ of full images",
                                             metavar="SRC_DIR")  # fmt: skip
-    gap: int | None = option(None, "--full-images tile overlap (default: 200 * imgsz / 1024)", type=int)
+    gap: int | None = option(None, "--full-images tile overlap (default: 200 * imgsz / 1024)", type=int,
+                             check=at_least(0))  # fmt: skip
     json_path: str | Path | None = option(None, "write {metric, mAP, per_class, mAP50_95, speed_ms, ...}",
                                           flag="--json", metavar="OUT")  # fmt: skip
     project: str | Path = option("runs/val", "where run folders go")
@@ -64,3 +87,6 @@ class ValConfig(Options):
     plots: bool = option(True, "no PR_curve.png", flag="--noplots")
     verbose: bool = option(True, "print the table", cli=False)
     progress: bool = option(True, "progress bars", cli=False)
+
+    def check_together(self) -> None:
+        check_gap(type(self), self.gap, self.imgsz, "--imgsz, the tile size")

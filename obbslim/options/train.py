@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from obbslim.options.base import Options, option
+from obbslim.options.base import Options, option, threads_option, workers_option
+from obbslim.options.checks import COUNT, FRACTION, IMGSZ, at_least, non_negative, positive
 
 SPARSITY_SCHEDULES = ("constant", "linear", "cosine")
 SPARSITY_WEIGHTINGS = ("none", "flops")
@@ -36,11 +37,12 @@ class TrainConfig(Options):
         type=str,
         metavar="PATH",
     )
-    epochs: int = option(100, "training epochs")
-    imgsz: int = option(640, "training image size (pixels)")
-    batch: int = option(16, "total batch size over all processes")
+    epochs: int = option(100, "training epochs", check=COUNT)
+    imgsz: int = option(640, "training image size (pixels)", check=IMGSZ)
+    batch: int = option(16, "total batch size over all processes", check=COUNT)
     device: str = option("", "cpu, 0, or 0,1 (default: GPU 0 if available)", runtime=True)
-    workers: int = option(8, "dataloader workers per process", runtime=True)
+    workers: int | None = workers_option("dataloader workers per process", runtime=True)
+    threads: int | None = threads_option()
     hyp: str | Path | dict | None = option(None, "hyperparameter YAML (only the keys that change)", type=str)
     project: str | Path = option("runs/train", "where run folders go")
     name: str = option("exp", "run folder name")
@@ -52,9 +54,9 @@ class TrainConfig(Options):
         const=True,
         metavar="RUN",
     )
-    seed: int = option(0, "random seed")
-    val_every: int = option(1, "validate every k epochs (and at the end)")
-    patience: int = option(100, "early stop after this many epochs without gain")
+    seed: int = option(0, "random seed", check=at_least(0))
+    val_every: int = option(1, "validate every k epochs (and at the end)", check=COUNT)
+    patience: int = option(100, "early stop after this many epochs without gain", check=at_least(0))
     noval: bool = option(False, "validate only after the final epoch")
     noautoanchor: bool = option(False, "keep the model's anchors")
     noplots: bool = option(False, "no labels.png, train_batch*.jpg, results.png")
@@ -67,6 +69,7 @@ class TrainConfig(Options):
         type=int,
         metavar="N",
         runtime=True,
+        check=COUNT,
     )
     time_limit: float | None = option(
         None,
@@ -74,6 +77,7 @@ class TrainConfig(Options):
         flag="--time",
         type=float,
         metavar="HOURS",
+        check=positive(),
     )
     verbose: bool = option(True, "print progress and summaries", cli=False, runtime=True)
 
@@ -86,6 +90,7 @@ class SparseTrainConfig(TrainConfig):
         0.0,
         "network slimming: L1 penalty LAMBDA * sum|gamma| on prunable BN scales (e.g. 1e-4)",
         metavar="LAMBDA",
+        check=non_negative(),
     )
     sparsity_schedule: str = option(
         "constant",
@@ -116,21 +121,22 @@ class DistillConfig(SparseTrainConfig):
     teacher: str | Path | None = option(
         None, "teacher checkpoint .pt (same strides, nc, na, nbins; any widths)"
     )
-    kd_output: float = option(1.0, "weight of the output distillation (0 off)")
-    kd_feature: float = option(1.0, "weight of the feature distillation (0 off)")
-    kd_temp: float = option(1.0, "output temperature T (classes, angle bins)")
+    kd_output: float = option(1.0, "weight of the output distillation (0 off)", check=non_negative())
+    kd_feature: float = option(1.0, "weight of the feature distillation (0 off)", check=non_negative())
+    kd_temp: float = option(1.0, "output temperature T (classes, angle bins)", check=positive())
     kd_feature_type: str = option(
         "cwd",
         "cwd: channel-wise distillation; mimic: MSE on the cells near ground-truth objects",
         choices=KD_FEATURE_TYPES,
     )
-    kd_feature_temp: float = option(1.0, "CWD temperature tau")
+    kd_feature_temp: float = option(1.0, "CWD temperature tau", check=positive())
     kd_cls: str = option(
         "bce",
         "class term: per-class soft-target BCE (minus the teacher entropy) or softmax KL",
         choices=KD_CLS_KINDS,
     )
-    kd_box_thresh: float = option(0.5, "box term only where the teacher's objectness exceeds this")
+    kd_box_thresh: float = option(0.5, "box term only where the teacher's objectness exceeds this",
+                                  check=FRACTION)  # fmt: skip
     kd_gains: dict | None = option(
         None, "per-term gains over the defaults (box, obj, cls, theta, feat)", cli=False
     )

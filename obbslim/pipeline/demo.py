@@ -40,8 +40,9 @@ DEMO = dict(
 def demo(*args: Any, **options: Any) -> dict[str, Any]:
     """Synthetic data in ``out/synth`` (reused if present) and ``compress`` into ``out`` (resumable: a rerun
     skips the complete stages). The options are :class:`~obbslim.options.DemoConfig`'s (``out``,
-    ``device``, ``threads``: torch threads, default the CPU count; ``verbose``); any other keyword
-    replaces one of the demo's compress settings (e.g. ``epochs_base=1``). Returns compress()'s result."""
+    ``device``, ``threads``: CPU threads, default $OMP_NUM_THREADS, else every core; ``verbose``); any
+    other keyword replaces one of the demo's compress settings (e.g. ``epochs_base=1``). Returns
+    compress()'s result."""
     own = {k: v for k, v in options.items() if k in DemoConfig.field_names()}
     overrides = {k: v for k, v in options.items() if k not in own}
     cfg = DemoConfig.of(*args, **own)

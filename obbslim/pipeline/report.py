@@ -81,14 +81,16 @@ def write_report(run_dir: str | Path, markers: dict[str, dict], o: CompressConfi
     if prune:
         text = Path(prune["outputs"]["report"]).read_text()
         body = text.split("## Per-layer widths")[0].replace("# Pruning report", "").strip()
+        rep_name = f"3_prune/{Path(prune['outputs']['report']).name}"
+        plot_name = f"3_prune/{Path(prune['outputs']['plot']).name}"
         lines += [
             "## Pruning",
             "",
             body,
             "",
-            "Per-layer widths: [3_prune/prune_report.md](3_prune/prune_report.md).",
+            f"Per-layer widths: [{rep_name}]({rep_name}).",
             "",
-            "![conv widths before and after pruning](3_prune/widths.png)",
+            f"![conv widths before and after pruning]({plot_name})",
             "",
         ]
     if (run_dir / "2_sparse" / "gamma_hist.png").is_file():

@@ -98,6 +98,7 @@ class Context:
             batch=c.batch,
             device=c.device or None,
             workers=c.workers,
+            threads=c.threads,
             hyp=c.hyp,
             val_every=c.val_every,
             seed=c.seed,
@@ -204,6 +205,7 @@ def prune(ctx: Context) -> Stage:
         batch=c.batch,
         device=ctx.device,
         out=ctx.run_dir / "3_prune" / "pruned.pt",
+        threads=c.threads,
         verbose=c.verbose,
     )
 

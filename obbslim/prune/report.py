@@ -1,7 +1,7 @@
-"""What pruning changed, as text and a plot: prune_report.md holds params, GFLOPs, checkpoint size and
-fp16 weight size before and after with % change, mAP before / right after pruning (with and without
-folding) when a dataset is given, and the per-layer widths; widths.png draws those widths as a
-before/after bar chart."""
+"""What pruning changed, as text and a plot: the report (``<out stem>_report.md``) holds params,
+GFLOPs, checkpoint size and fp16 weight size before and after with % change, mAP before / right
+after pruning (with and without folding) when a dataset is given, and the per-layer widths;
+``<out stem>_widths.png`` draws those widths as a before/after bar chart."""
 
 from __future__ import annotations
 
@@ -47,10 +47,30 @@ def summarize(before: nn.Module, after: nn.Module, imgsz: int) -> dict[str, Any]
     }
 
 
-def format_report(rep: dict[str, Any]) -> str:
+def unmet_request(stats: dict[str, Any]) -> str | None:
+    """Why the result differs from what was asked, or None: a ``ratio`` that min_channels / round_to
+    do not allow (e.g. 0.99: every layer keeps at least 8 channels), or a criterion that removed
+    nothing."""
+    crit, value = stats.get("criterion"), stats.get("value")
+    frac = float(stats.get("channels_removed_fraction") or 0.0)
+    flag = "--" + str(crit).replace("_", "-")
+    if crit == "ratio" and frac < value - 1e-9:
+        return (
+            f"{flag} {value:g} could not be met: every layer keeps at least --min-channels (rounded up to "
+            f"--round-to) channels, so {100 * frac:.1f}% of the prunable BN channels were removed instead"
+        )
+    if not stats.get("channels_removed") and not (crit == "ratio" and value == 0):
+        return f"{flag} {value:g} removed no channel: the model is unchanged"
+    return None
+
+
+def format_report(rep: dict[str, Any], widths: bool = True) -> str:
+    """The report as markdown (``widths``: with the per-layer table, as the file has it)."""
     lines = ["# Pruning report", ""]
     if rep.get("weights"):
         lines += [f"- source: `{rep['weights']}`", f"- output: `{rep.get('out', '')}`"]
+    if rep.get("unmet"):
+        lines.append(f"- **note: {rep['unmet']}**")
     st = rep.get("stats", {})
     if st:
         crit = f"{st['criterion']} {st['value']:g}"
@@ -81,9 +101,10 @@ def format_report(rep: dict[str, Any]) -> str:
         for k in ("before", "pruned_folded", "pruned_no_fold"):
             if m.get(k) is not None:
                 lines.append(f"| {k.replace('_', ' ')} | {m[k]:.4f} |")
-    lines += ["", "## Per-layer widths", "", "| layer | before | after |", "|---|---:|---:|"]
-    for k, (w0, w1) in rep["widths"].items():
-        lines.append(f"| {k} | {w0} | {w1} |")
+    if widths:
+        lines += ["", "## Per-layer widths", "", "| layer | before | after |", "|---|---:|---:|"]
+        for k, (w0, w1) in rep["widths"].items():
+            lines.append(f"| {k} | {w0} | {w1} |")
     return "\n".join(lines) + "\n"
 
 
