@@ -93,7 +93,7 @@ def shapely_nms(
 
 def record_calls(weights: Path, images: list[str], imgsz: int, conf: float, threads: int) -> tuple:
     """Run the Detector over the images; return (calls, network s per image, windows, detections)."""
-    from obbslim.engine.predict import Detector
+    from obbslim.inference.detector import Detector
 
     calls: list[dict] = []
     orig = ops.batched_nms_rotated

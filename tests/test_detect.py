@@ -337,7 +337,7 @@ def test_windows_and_letterbox_back_to_image_pixels():
 def test_default_gap_scales_with_the_tile_and_a_small_stride_warns():
     """The devkit's 200 px overlap belongs to 1024 px tiles: at 256 it would cut a 1147x1023 DOTA image
     into 255 windows (stride 56) instead of 30, each adding up to max_det boxes to the merge."""
-    from obbslim.engine.predict import default_gap
+    from obbslim.inference.detector import default_gap
 
     def net(x):
         return torch.zeros(x.shape[0], 1, 7)
