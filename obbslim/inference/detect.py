@@ -120,6 +120,7 @@ def detect(*args: Any, detector: Detector | None = None, **options: Any) -> dict
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
         tile=cfg.tile, gap=cfg.gap, half=cfg.half, batch=cfg.batch,
+        rates=cfg.rates, flip=cfg.flip,
     )  # fmt: skip
     if cfg.save_dota is not None:  # class names become Task1_<name>.txt: checked before any work
         check_names(det.names, "class name", None if detector else cfg.weights)
@@ -148,9 +149,12 @@ def detect(*args: Any, detector: Detector | None = None, **options: Any) -> dict
         "n_windows": det.n_windows,
         "per_class": per_class,
         "speed_ms": det.speed(),
+        "windows_per_rate": dict(det.rate_windows),  # flips not counted
+        "flip": det.flip,
         "seconds": time.perf_counter() - t0,
         "results": results,
     }
+    summary["n_tiled"] = int(sum(d.tiled for _, d in results))  # with rates or flips, windows > 1 always
     if cfg.verbose:
         print(format_summary(summary, det.input_shape, det.batch))
     return summary
@@ -197,5 +201,15 @@ def format_summary(s: dict[str, Any], shape: tuple[int, int], batch: int) -> str
         lines.append(f"Results saved to {s['run_dir']}")
     if s["task1_dir"]:
         lines.append(f"DOTA Task1 files saved to {s['task1_dir']}")
+    if len(s.get("windows_per_rate") or ()) > 1 or s.get("flip"):
+        lines.insert(1, windows_line(s["windows_per_rate"], s["flip"], s["n_images"]))
     return "\n".join(lines)
+
+
+def windows_line(per_rate: dict[float, int], flip: bool, n_images: int) -> str:
+    """What multi-scale and flip inference cost: the windows each rate took, the network inputs."""
+    n = sum(per_rate.values())
+    rates = ", ".join(f"rate {r:g}: {v}" for r, v in per_rate.items())
+    flips = f", x3 with --flip: {3 * n} network inputs" if flip else ""
+    return f"Windows per rate: {rates} ({n} in all, {n / max(n_images, 1):.1f} per image{flips})"
 
