@@ -57,24 +57,28 @@ def train_model(cache: Path, epochs: int) -> Path:
     return Path(res["last"])
 
 
-def write_full_images(src: Path, dst: Path, scale: float) -> Path:
-    """The synthetic val split as a full-images folder, every image (and label) resized by ``scale``."""
+def write_full_images(pairs: list[tuple[Path, Path]], dst: Path, scale: float) -> Path:
+    """A full-images folder (``images/``, ``labelTxt/``) of the (image, labelTxt) ``pairs``, every image
+    resized by ``scale`` (cv2 bicubic, as ``obbslim split`` and the rates resize) and its labels too."""
     from obbslim.data.labeltxt import read_labeltxt, write_labeltxt
 
     if (dst / "done").is_file():
         return dst
     (dst / "images").mkdir(parents=True, exist_ok=True)
     (dst / "labelTxt").mkdir(exist_ok=True)
-    for im in sorted((src / "images" / "val").glob("*.png")):
+    for im, lab in pairs:
         img = cv2.imread(str(im), cv2.IMREAD_COLOR)
         if scale != 1:
             img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
         cv2.imwrite(str(dst / "images" / im.name), img)
-        lf = read_labeltxt(src / "labelTxt" / "val" / f"{im.stem}.txt")
-        write_labeltxt(dst / "labelTxt" / f"{im.stem}.txt", np.asarray(lf.polys) * scale, lf.names,
-                       lf.difficult)  # fmt: skip
+        lf = read_labeltxt(lab)
+        write_labeltxt(dst / "labelTxt" / lab.name, np.asarray(lf.polys) * scale, lf.names, lf.difficult)
     (dst / "done").write_text("")
     return dst
+
+
+def pairs_of(folder: Path, images: str = "images", labels: str = "labelTxt") -> list[tuple[Path, Path]]:
+    return [(im, folder / labels / f"{im.stem}.txt") for im in sorted((folder / images).glob("*.png"))]
 
 
 def run_val(weights: Path, folder: Path, rates: tuple[float, ...], flip: bool, out: Path) -> dict:
@@ -87,6 +91,46 @@ def run_val(weights: Path, folder: Path, rates: tuple[float, ...], flip: bool, o
     return r
 
 
+def merge_cost(weights: Path, images: list[Path], imgsz: int) -> None:
+    """The merge at DOTA scale: ``detect``'s defaults (conf 0.001 here, max_det 1000 per window and per
+    image) on large DOTA images in 1024 px tiles; candidates entering the one merge per image and its
+    time against the network's, for 1 rate, 3 rates, 3 rates with flips."""
+    import obbslim.inference.detector as detector_mod
+    from obbslim.inference.detector import Detector
+
+    orig = detector_mod.merge_detections
+    stats: list[tuple[int, float]] = []
+
+    def timed(tiles, **kw):
+        t0 = time.perf_counter()
+        out = orig(tiles, **kw)
+        stats.append((sum(len(v[1]) for v in tiles.values()), time.perf_counter() - t0))
+        return out
+
+    print(f"\nmerge at DOTA scale: {len(images)} dota_demo images, 1024 px tiles letterboxed to {imgsz}, "
+          "conf 0.001, max_det 1000")  # fmt: skip
+    head = f"{'rates':<13} {'flip':<5} {'inputs/img':>10} {'candidates/img':>14} {'merge ms/img':>12} " \
+           f"{'network ms/img':>14} {'ratio':>6}"  # fmt: skip
+    print(head + "\n" + "-" * len(head))
+    detector_mod.merge_detections = timed
+    try:
+        for rates, flip in (((1.0,), False), ((0.5, 1.0, 1.5), False), ((0.5, 1.0, 1.5), True)):
+            det = Detector(str(weights), device="cpu", imgsz=imgsz, tile=1024, conf=0.001, max_det=1000,
+                           rates=rates, flip=flip)  # fmt: skip
+            stats.clear()
+            for im in images:
+                det.predict(im)
+            n = len(images)
+            cand = sum(c for c, _ in stats) / n
+            merge = 1000 * sum(t for _, t in stats) / n
+            net = 1000 * det.times["inference"] / n
+            print(f"{' '.join(f'{r:g}' for r in rates):<13} {'yes' if flip else 'no':<5} "
+                  f"{det.n_windows / n:>10.1f} {cand:>14.0f} {merge:>12.1f} {net:>14.0f} {merge / net:>6.3f}",
+                  flush=True)  # fmt: skip
+    finally:
+        detector_mod.merge_detections = orig
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", type=Path, help="a trained checkpoint (default: train one into --cache)")
@@ -94,6 +138,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--train-only", action="store_true", help="train (or find) the model and stop")
+    ap.add_argument("--no-merge-cost", action="store_true", help="skip the merge timing on DOTA images")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     weights = args.weights or train_model(args.cache, args.epochs)
@@ -105,23 +150,10 @@ def main() -> int:
         from obbslim.data.synth import make_synthetic
 
         make_synthetic(src, n_images=300, size=320, seed=0, overwrite=True)
-    one = write_full_images(src, args.cache / "full_1x", 1.0)
-    two = write_full_images(src, args.cache / "full_2x", 2.0)
-    by_hand = write_full_images(two, args.cache / "full_2x_by_hand_0.5", 0.5) if False else None
-    del by_hand
-    half = args.cache / "full_2x_by_hand_0.5"
-    if not (half / "done").is_file():  # the 2x images resized back by hand (cv2, as the rate does)
-        from obbslim.data.labeltxt import read_labeltxt, write_labeltxt
-
-        (half / "images").mkdir(parents=True, exist_ok=True)
-        (half / "labelTxt").mkdir(exist_ok=True)
-        for im in sorted((two / "images").glob("*.png")):
-            img = cv2.resize(cv2.imread(str(im)), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_CUBIC)
-            cv2.imwrite(str(half / "images" / im.name), img)
-            lf = read_labeltxt(two / "labelTxt" / f"{im.stem}.txt")
-            write_labeltxt(half / "labelTxt" / f"{im.stem}.txt", np.asarray(lf.polys) * 0.5, lf.names,
-                           lf.difficult)  # fmt: skip
-        (half / "done").write_text("")
+    val_pairs = pairs_of(src, "images/val", "labelTxt/val")
+    one = write_full_images(val_pairs, args.cache / "full_1x", 1.0)
+    two = write_full_images(val_pairs, args.cache / "full_2x", 2.0)
+    half = write_full_images(pairs_of(two), args.cache / "full_2x_by_hand_0.5", 0.5)  # back by hand
 
     runs = [
         ("1x", one, (1.0,), False),
@@ -158,6 +190,9 @@ def main() -> int:
             base = m[(label, rates, False)]
             print(f"  {label} rates {' '.join(f'{x:g}' for x in rates)}: --flip {v:.4f} vs {base:.4f}: "
                   f"{v - base:+.4f} (bar: >= -0.005)")  # fmt: skip
+    demo = ROOT.parent / "shared" / "data" / "dota_demo" / "images"
+    if demo.is_dir() and not args.no_merge_cost:
+        merge_cost(weights, sorted(demo.glob("*.png")), 320)
     return 0
 
 
