@@ -194,6 +194,17 @@ def test_rates_resize_tile_and_map_back():
     assert len(d) == 3  # merged over the rates: each blob once
 
 
+def test_one_window_at_another_rate_comes_back_to_image_pixels():
+    """--rates 0.5 alone on an image that fits one tile at 0.5: nothing to merge, but the boxes still
+    go back to original pixels (divided by the rate)."""
+    img = scene()
+    ref = Detector(moment_net, names=["a"], device="cpu", imgsz=150, conf=0.1).predict(img)
+    d = Detector(moment_net, names=["a"], device="cpu", imgsz=128, conf=0.1, rates=0.5).predict(img)
+    assert d.per_rate == {0.5: 1} and d.windows == 1 and len(d) == len(ref) == 3
+    got, want = d.rboxes[np.argsort(d.rboxes[:, 0])], ref.rboxes[np.argsort(ref.rboxes[:, 0])]
+    np.testing.assert_allclose(got[:, :2], want[:, :2], atol=0.5)
+
+
 def test_bad_rates():
     for bad in ((), (0.0,), (-1.0, 1.0), ("x",), (float("nan"),)):
         with pytest.raises(ObbslimError, match="rates"):
@@ -201,6 +212,68 @@ def test_bad_rates():
     det = Detector(moment_net, names=["a"], device="cpu", imgsz=64, rates=[1, 0.5, 1.0])
     assert det.rates == (1.0, 0.5)
     assert Detector(moment_net, names=["a"], device="cpu", rates=0.5).rates == (0.5,)
+
+
+# ----------------------------------------------------------------------------- fusing the views of a window
+
+
+def test_fuse_views_hand_computed():
+    """Three views: an object all see (scores 0.9, 0.6, 0.3; boxes a pixel apart), one only the first
+    sees (0.6). Fused: the object at the mean score 0.6, its box the score-weighted mean; the lone box
+    at a third of its score. Theta is averaged on the doubled angle: -pi/2 + 0.02 and pi/2 - 0.02 are
+    0.04 apart, not pi."""
+    from obbslim.inference.tta import fuse_views
+
+    h = math.pi / 2
+    obj = [[100.0, 50, 40, 10, h - 0.02], [101, 50, 40, 10, -h + 0.02], [100, 51, 42, 10, h - 0.02]]
+    views = [
+        (np.array([obj[0], [300, 300, 20, 8, 0.5]]), np.array([0.9, 0.6]), np.array([0, 0])),
+        (np.array([obj[1]]), np.array([0.6]), np.array([0])),
+        (np.array([obj[2]]), np.array([0.3]), np.array([0])),
+    ]
+    rb, sc, cl = fuse_views(views, iou_thr=0.4, max_det=10)
+    np.testing.assert_allclose(sc, [0.6, 0.2])
+    w = np.array([0.9, 0.6, 0.3]) / 1.8
+    np.testing.assert_allclose(rb[0, :4], w @ np.array(obj)[:, :4])
+    t = (rb[0, 4] + h) % math.pi - h  # the fused angle, next to +-pi/2
+    assert abs(abs(t) - h) < 0.03 and (cl == 0).all()
+    np.testing.assert_allclose(rb[1], [300, 300, 20, 8, 0.5])
+    # another class never joins; no views at all, or empty views: empty arrays
+    views[1] = (np.array([obj[1]]), np.array([0.6]), np.array([1]))
+    rb2, sc2, cl2 = fuse_views(views, iou_thr=0.4, max_det=10)
+    assert sorted(zip(cl2.tolist(), np.round(sc2, 6).tolist())) == [(0, 0.2), (0, 0.4), (1, 0.2)]
+    e = fuse_views([(np.zeros((0, 5)), np.zeros(0), np.zeros(0, np.int64))] * 3, 0.4, 10)
+    assert e[0].shape == (0, 5) and len(e[1]) == len(e[2]) == 0
+
+
+def test_cluster_owners_match_brute_force():
+    """The grid sweep and the cheap bounds never lose a pair: every box's owner (the kept box of its
+    class with the highest IoU above 0.5) is the one all exact IoUs give, on crowded random scenes with
+    sizes from 2 to 300 px."""
+    from obbslim.inference.tta import _inter_bound, _owners
+
+    rng = np.random.default_rng(1)
+    for n in (50, 600):
+        base = np.c_[rng.uniform(0, 1000, (n, 2)), np.exp(rng.uniform(np.log(2), np.log(300), (n, 2))),
+                     rng.uniform(-2, 2, n)]  # fmt: skip
+        noise = [np.c_[rng.normal(0, 0.05, (n, 4)) * base[:, 2:3], rng.normal(0, 0.2, n)] for _ in range(3)]
+        rb = np.concatenate([base + z for z in noise])
+        rb[:, 2:4] = np.maximum(np.abs(rb[:, 2:4]), 0.5)
+        rb = np.asarray(ops.norm_rbox(rb))
+        sc = rng.uniform(0, 1, len(rb))
+        cl = rng.integers(0, 3, len(rb))
+        keep = np.asarray(ops.batched_nms_rotated(rb, sc, cl, 0.4))
+        iou = np.asarray(ops.rbox_iou(rb[keep], rb)) * (cl[keep][:, None] == cl[None, :])
+        want = np.where(iou.max(0) > 0.5, iou.argmax(0), -1)
+        want[keep] = np.arange(len(keep))
+        got = _owners(rb, cl, keep, 0.5)
+        assert (got >= 0).sum() > len(keep)  # some boxes joined a cluster
+        np.testing.assert_array_equal(got, want)
+        # the intersection bound is an upper bound (exact for boxes at the same angle)
+        a, b = rb[keep][:, None].repeat(5, 1).reshape(-1, 5), rb[rng.integers(0, len(rb), 5 * len(keep))]
+        i = np.asarray(ops.rbox_iou(a, b, aligned=True))
+        inter = i * (a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3]) / (1 + i)
+        assert (_inter_bound(a, b) >= inter - 1e-6).all()
 
 
 # ----------------------------------------------------------------------------- the truth over rates, flips

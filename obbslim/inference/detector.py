@@ -11,9 +11,10 @@ obj x cls, class-aware rotated NMS, ``max_det``.
 Test-time augmentation, the protocol of multi-scale DOTA tables: ``rates`` resizes every image by each
 rate (``split.resize_rate``, as ``obbslim split --rates`` cuts training data) and tiles each resized
 image with the same ``tile``/``gap``; ``flip`` adds each window mirrored left-right and up-down (the
-mirror is applied to the network input and undone on its boxes with ``ops.flip_rboxes``). Every
-window's boxes go back to original pixels (divided by their rate) and all of an image's are merged
-by the same class-wise rotated NMS as the tiles.
+mirror is applied to the network input and undone on its boxes with ``ops.flip_rboxes``), and the
+three views of a window are fused into one answer (``tta.fuse_views``). Every window's boxes go back
+to original pixels (divided by their rate) and all of an image's are merged by the same class-wise
+rotated NMS as the tiles.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from obbslim.data.split import crop_tile, resize_rate, scaled_size, tile_name, t
 from obbslim.errors import InputError, ObbslimError
 from obbslim.inference.onnx_backend import OnnxModel
 from obbslim.inference.postprocess import postprocess, scale_rboxes
+from obbslim.inference.tta import FLIPS, fuse_views
 from obbslim.model import load
 from obbslim.ops import flip_rboxes, rbox2poly
 from obbslim.utils.device import select_device
@@ -69,9 +71,6 @@ class Detections:
     def labels(self) -> list[str]:
         """Class name of each detection."""
         return [self.names[int(c)] if 0 <= int(c) < len(self.names) else str(int(c)) for c in self.cls]
-
-
-FLIPS = ("", "lr", "ud")  # the inputs of each window with flip=True: as is, mirrored left-right, up-down
 
 
 @dataclass
@@ -173,8 +172,9 @@ class Detector:
     then an image smaller than the tile at some rate is zero-padded to the tile as ``obbslim split``
     does, not enlarged to ``imgsz``, so that the rate alone sets the scale (with the single rate 1.0 a
     small image is letterboxed to ``imgsz``, as always). ``flip``: each window also goes through the
-    network mirrored left-right and up-down (3 inputs per window). Both merge everything with the
-    tile merge; the cost is the windows of every rate (``windows``), times 3 with ``flip``.
+    network mirrored left-right and up-down (3 inputs per window), the three answers fused
+    (``inference.tta``). The windows of all rates are merged with the tile merge; the cost is the
+    windows of every rate (``windows``), times 3 with ``flip``.
     ``theta_refine``: sub-bin angle from the CSL bins. Off by default: benchmarks/bench_theta_refine.py
     finds no gain on a trained model (mean angle error 2.39 vs 2.38 deg, mAP50-95 unchanged), the
     CSL targets being centred on the bin.
@@ -367,13 +367,19 @@ class Detector:
         mine = [(w, r) for w, r in zip(wins, per_win) if w.image == k]
         shape = tuple(int(v) for v in img.shape[:2])
         per_rate = {r: sum(w.rate == r and not w.flip for w, _ in mine) for r in self.rates}
-        if len(mine) == 1:
-            rb, sc, cl = mine[0][1]
-        else:  # tiles, rates and flips: one class-wise rotated NMS over all (merge divides by the rate)
-            parts: dict[str, list] = {}
-            for w, r in mine:
-                parts.setdefault(tile_name("img", w.rate, w.left, w.top), []).append(r)
-            tiles = {name: tuple(np.concatenate(col) for col in zip(*rs)) for name, rs in parts.items()}
+        views: dict[tuple[float, int, int], list] = {}  # the flips of each window
+        for w, r in mine:
+            views.setdefault((w.rate, w.left, w.top), []).append(r)
+        fused = {key: fuse_views(vs, self.iou, self.max_det) if len(vs) > 1 else vs[0]
+                 for key, vs in views.items()}  # fmt: skip
+        if len(fused) == 1:  # one window: nothing to merge, only back to image pixels
+            ((rate, left, top), (rb, sc, cl)), = fused.items()
+            if (rate, left, top) != (1.0, 0, 0):
+                rb = rb.copy()
+                rb[:, :2] = (rb[:, :2] + [left, top]) / rate
+                rb[:, 2:4] /= rate
+        else:  # tiles and rates: one class-wise rotated NMS over all (the merge divides by the rate)
+            tiles = {tile_name("img", *key): r for key, r in fused.items()}
             m = merge_detections(tiles, iou_thr=self.merge_iou, max_det=self.max_det)["img"]
             rb, sc, cl = m.rboxes[: self.max_det], m.scores[: self.max_det], m.cls[: self.max_det]
         return Detections(
