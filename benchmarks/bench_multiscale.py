@@ -2,7 +2,7 @@
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_multiscale.py [--weights W.pt] [--threads 1]
 
-Without --weights a yolov5n-obb is trained here once (cached in --cache, ~20 min on one thread):
+Without --weights a yolov5n-obb is trained here once (cached in --cache, ~16 min on one thread):
 300 synthetic images at 320 px (seed 0), 40 epochs at 320, batch 16, ``optimizer: auto``, ``nbs: 16``
 (``obbslim synth`` + ``obbslim train``). Its val split (60 images) is written twice as full-images
 folders (``images/``, ``labelTxt/``): as it is (1x) and upscaled 2x (cv2 cubic, labels x2), so that
@@ -13,11 +13,13 @@ every object is twice the size the model was trained on. Then ``obbslim val --fu
 - 2x at rate 0.5 brings them back to the training size (one window): it must score well above;
 - 2x at rates 0.5 1.0 must be at least as good as the better of the two (within 0.01);
 - the same 2x images resized to 0.5 by hand, at rate 1.0, is the reference for rate 0.5;
-- --flip (original, left-right and up-down mirrored inputs, merged) must not lower mAP50 by more
+- --flip (original, left-right and up-down mirrored inputs, fused) must not lower mAP50 by more
   than 0.005.
 
 Prints a table: folder, rates, flip, windows per image (and network inputs), mAP50 (VOC07, the DOTA
-number), mAP50-95, seconds. The machine may be shared: the times are indicative only.
+number), mAP50-95, seconds; then the bars. Last, the cost of fusing the flips and merging at DOTA
+scale (``merge_cost``: the dota_demo images from ../shared/data at 1024 px, conf 0.001, max_det 1000)
+against the network's time. The machine may be shared: the times are indicative only.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--train-only", action="store_true", help="train (or find) the model and stop")
-    ap.add_argument("--no-merge-cost", action="store_true", help="skip the merge timing on DOTA images")
+    ap.add_argument("--no-merge-cost", action="store_true", help="skip the fusion and merge timing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     weights = args.weights or train_model(args.cache, args.epochs)
