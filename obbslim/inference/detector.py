@@ -11,7 +11,7 @@ obj x cls, class-aware rotated NMS, ``max_det``.
 Test-time augmentation, the protocol of multi-scale DOTA tables: ``rates`` resizes every image by each
 rate (``split.resize_rate``, as ``obbslim split --rates`` cuts training data) and tiles each resized
 image with the same ``tile``/``gap``; ``flip`` adds each window mirrored left-right and up-down (the
-mirror is applied to the network input and undone on its boxes with ``ops.flip_rboxes``), and the
+mirror is applied to the network input and undone on its boxes: ``tta.unmirror``), and the
 three views of a window are fused into one answer (``tta.fuse_views``). Every window's boxes go back
 to original pixels (divided by their rate) and all of an image's are merged by the same class-wise
 rotated NMS as the tiles.
@@ -35,9 +35,9 @@ from obbslim.data.split import crop_tile, resize_rate, scaled_size, tile_name, t
 from obbslim.errors import InputError, ObbslimError
 from obbslim.inference.onnx_backend import OnnxModel
 from obbslim.inference.postprocess import postprocess, scale_rboxes
-from obbslim.inference.tta import FLIPS, fuse_views
+from obbslim.inference.tta import FLIPS, fuse_views, mirror, unmirror
 from obbslim.model import load
-from obbslim.ops import flip_rboxes, rbox2poly
+from obbslim.ops import rbox2poly
 from obbslim.utils.device import select_device
 
 
@@ -283,8 +283,7 @@ class Detector:
                 last = (key, letterbox(crop, self.input_shape, auto=False))
             lb, ratio, pad = last[1]
             win.ratio, win.pad = ratio, pad
-            lb = lb[:, ::-1] if win.flip == "lr" else lb[::-1] if win.flip == "ud" else lb
-            out.append(lb[:, :, ::-1].transpose(2, 0, 1))
+            out.append(mirror(lb, win.flip)[:, :, ::-1].transpose(2, 0, 1))
         x = torch.from_numpy(np.ascontiguousarray(np.stack(out))).to(self.device, non_blocking=True)
         return x.half() / 255 if self.half else x.float() / 255
 
@@ -314,12 +313,9 @@ class Detector:
             multi_label=self.multi_label,
             nc=self.nc or None,
         )
-        h, w = self.input_shape
         res = []
         for o, win in zip(outs, wins):
-            rb = o["rboxes"]
-            if win.flip:  # back from the mirrored input (exact, theta included)
-                rb = flip_rboxes(rb, width=w) if win.flip == "lr" else flip_rboxes(rb, height=h)
+            rb = unmirror(o["rboxes"], win.flip, self.input_shape)  # exact, theta included
             rb = scale_rboxes(rb, (win.ratio, win.pad)).cpu().numpy().astype(np.float64)
             sc = o["scores"].cpu().numpy().astype(np.float64)
             res.append((rb.reshape(-1, 5), sc, o["cls"].cpu().numpy()))

@@ -1,6 +1,7 @@
-"""Flip test-time augmentation: the views of one window (as is, mirrored left-right, up-down) fused.
+"""Flip test-time augmentation: the views of one window (as is, mirrored left-right, up-down).
 
-Each view's boxes come back to the window's pixels exactly (``ops.flip_rboxes``); the views are then
+``mirror`` makes a view of a network input, ``unmirror`` brings the boxes found on it back exactly
+(``ops.flip_rboxes``, theta included), and ``fuse_views`` makes one answer of the views. They are
 fused, not just pooled: a pooled NMS keeps every false positive any one view makes, at its full score,
 and lowered mAP50 by 0.02-0.03 in ``benchmarks/bench_multiscale.py``. Fusion (weighted box fusion
 over NMS clusters, as ensembles of detectors do):
@@ -16,7 +17,7 @@ over NMS clusters, as ensembles of detectors do):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,6 +26,20 @@ from obbslim import ops
 FLIPS = ("", "lr", "ud")  # the inputs of each window with flip=True: as is, mirrored left-right, up-down
 MATCH_IOU = 0.5  # cluster membership; 0.4 (a box between two kept ones counts twice) and 0.6 do worse
 _PAIR_CHUNK = 1 << 20  # kept x candidate pairs tested at once (the cheap tests), bounding memory
+
+
+def mirror(img: np.ndarray, flip: str) -> np.ndarray:
+    """An HWC network input as view ``flip`` shows it (a view, not a copy)."""
+    return img[:, ::-1] if flip == "lr" else img[::-1] if flip == "ud" else img
+
+
+def unmirror(rboxes: Any, flip: str, shape: tuple[int, int]) -> Any:
+    """Boxes found on view ``flip`` of an input of ``shape`` (h, w), back on the input (exact)."""
+    if flip == "lr":
+        return ops.flip_rboxes(rboxes, width=shape[1])
+    if flip == "ud":
+        return ops.flip_rboxes(rboxes, height=shape[0])
+    return rboxes
 
 
 def fuse_views(
