@@ -405,7 +405,11 @@ def test_cli_detect_and_val_with_rates_and_flip(tiny_ckpt, tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "Windows per rate: rate 0.5: 2, rate 1: 18" in out and 0 <= json.loads(js.read_text())["mAP"] <= 1
-    capsys.readouterr()
+    for rates, line in ((["0.5"], "Windows per rate: rate 0.5: 2 (2 in all, 1.0 per image)"), ([], None)):
+        assert main(["detect", "--weights", str(tiny_ckpt), "--source", str(src / "images"), "--imgsz", "64",
+                     "--device", "cpu", "--conf", "0.01", *(["--rates", *rates] if rates else [])]) == 0
+        out = capsys.readouterr().out
+        assert (line in out) if line else ("Windows per rate" not in out and "2 images (2 tiled" in out)
     assert main(["detect", "--weights", str(tiny_ckpt), "--source", str(src / "images"), "--device", "cpu",
                  "--rates", "0", "1"]) == 2  # fmt: skip
     err = capsys.readouterr().err

@@ -121,7 +121,7 @@ def _val(cfg: ValConfig, run_dir: Path, detector: Any) -> dict[str, Any]:
         atomic_write_text(cfg.json_path, json.dumps(out["json"], indent=2) + "\n")
     if cfg.verbose:
         print(format_val_table(rows, out["n_images"]))
-        if len(out.get("windows_per_rate") or ()) > 1 or out.get("flip"):
+        if list(out.get("windows_per_rate") or [1.0]) != [1.0] or out.get("flip"):
             print(windows_line(out["windows_per_rate"], out["flip"], out["n_images"]))
         print(speed_line(out["speed_ms"], out["shape"]))
         print(f"Results saved to {run_dir}")

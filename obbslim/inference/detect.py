@@ -201,7 +201,7 @@ def format_summary(s: dict[str, Any], shape: tuple[int, int], batch: int) -> str
         lines.append(f"Results saved to {s['run_dir']}")
     if s["task1_dir"]:
         lines.append(f"DOTA Task1 files saved to {s['task1_dir']}")
-    if len(s.get("windows_per_rate") or ()) > 1 or s.get("flip"):
+    if list(s.get("windows_per_rate") or [1.0]) != [1.0] or s.get("flip"):
         lines.insert(1, windows_line(s["windows_per_rate"], s["flip"], s["n_images"]))
     return "\n".join(lines)
 
