@@ -251,11 +251,17 @@ def _png_size(path: Path) -> tuple[int, int] | None:
     return int(w), int(h)
 
 
-def _scaled_size(w: int, h: int, rate: float) -> tuple[int, int]:
-    """Size cv2.resize gives for fx=fy=rate (it rounds half to even, like np.rint)."""
+def scaled_size(w: int, h: int, rate: float) -> tuple[int, int]:
+    """Size (w, h) ``resize_rate`` gives (cv2.resize rounds half to even, like np.rint)."""
     if rate == 1:
         return w, h
     return int(np.rint(w * rate)), int(np.rint(h * rate))
+
+
+def resize_rate(img: np.ndarray, rate: float) -> np.ndarray:
+    """The image resized by ``rate`` (bicubic, the devkit's). cv2 maps with the exact factor ``fx = rate``
+    (not the rounded size's), so a point ``x`` of the image is at ``x * rate`` in the result."""
+    return img if rate == 1 else cv2.resize(img, None, fx=rate, fy=rate, interpolation=cv2.INTER_CUBIC)
 
 
 def _tile_done(name: str, cfg: dict) -> bool:
@@ -276,7 +282,7 @@ def _split_one(job: tuple[str, dict]) -> dict:
             names = [
                 tile_name(stem, r, lf, tp)
                 for r in cfg["rates"]
-                for lf, tp in tile_windows(*_scaled_size(*size0, r), cfg["size"], cfg["gap"])
+                for lf, tp in tile_windows(*scaled_size(*size0, r), cfg["size"], cfg["gap"])
             ]
             if all(_tile_done(nm, cfg) for nm in names):
                 stat["skipped"] = len(names)
@@ -307,7 +313,7 @@ def _split_decoded(img_path: Path, cfg: dict, stat: dict) -> None:
         label = read_labeltxt(label_path)
     size = cfg["size"]
     for rate in cfg["rates"]:
-        im = img if rate == 1 else cv2.resize(img, None, fx=rate, fy=rate, interpolation=cv2.INTER_CUBIC)
+        im = resize_rate(img, rate)
         h, w = im.shape[:2]
         polys = None if label is None else np.asarray(label.polys, dtype=np.float64) * rate
         for left, top in tile_windows(w, h, size, cfg["gap"]):

@@ -30,7 +30,7 @@ from obbslim.errors import InputError, ObbslimError
 from obbslim.eval.dota import evaluate_dota
 from obbslim.eval.metrics import IOU_THRS, pr_at_best_f1, validate
 from obbslim.eval.plots import plot_pr_curves
-from obbslim.inference.detect import check_stems, list_sources, write_dota
+from obbslim.inference.detect import check_stems, list_sources, windows_line, write_dota
 from obbslim.inference.detector import Detector
 from obbslim.model import load
 from obbslim.options import ValConfig
@@ -130,6 +130,8 @@ def _val(cfg: ValConfig, run_dir: Path, detector: Any) -> dict[str, Any]:
         atomic_write_text(cfg.json_path, json.dumps(out["json"], indent=2) + "\n")
     if cfg.verbose:
         print(format_val_table(rows, out["n_images"]))
+        if list(out.get("windows_per_rate") or [1.0]) != [1.0] or out.get("flip"):
+            print(windows_line(out["windows_per_rate"], out["flip"], out["n_images"]))
         print(speed_line(out["speed_ms"], out["shape"]))
         print(f"Results saved to {run_dir}")
         if cfg.json_path is not None:
@@ -226,6 +228,7 @@ def _val_full_images(cfg: ValConfig, run_dir: Path, detector: Any) -> dict:
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
         tile=cfg.imgsz, gap=cfg.gap, half=cfg.half, batch=cfg.batch, multi_label=True,
+        rates=cfg.rates, flip=cfg.flip,
     )  # fmt: skip
     check_names(det.names, "class name", None if detector else cfg.weights)
     det.reset_times()
@@ -254,6 +257,8 @@ def _val_full_images(cfg: ValConfig, run_dir: Path, detector: Any) -> dict:
         "classes": classes,
         "n_images": len(files),
         "n_windows": det.n_windows,
+        "windows_per_rate": dict(det.rate_windows),
+        "flip": det.flip,
         "speed_ms": det.speed(),
         "shape": (det.batch, 3, *det.input_shape),
         "task1_dir": str(task1_dir),

@@ -181,6 +181,7 @@ def _detect(cfg: DetectConfig, detector: Detector | None) -> dict[str, Any]:
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
         tile=cfg.tile, gap=cfg.gap, half=cfg.half, batch=cfg.batch,
+        rates=cfg.rates, flip=cfg.flip,
     )  # fmt: skip
     if cfg.save_dota is not None:  # class names become Task1_<name>.txt: checked before any work
         check_names(det.names, "class name", None if detector else cfg.weights)
@@ -258,9 +259,12 @@ def _run_parts(cfg: DetectConfig, det: Detector, files: list[str], ids: list[str
         "skipped": skipped,
         "per_class": per_class,
         "speed_ms": det.speed(),
+        "windows_per_rate": dict(det.rate_windows),  # flips not counted
+        "flip": det.flip,
         "seconds": time.perf_counter() - t0,
         "results": results,
     }
+    summary["n_tiled"] = int(sum(d.tiled for _, d in results))  # with rates or flips, windows > 1 always
     if cfg.verbose:
         for path, reason in skipped:
             print(f"detect: skipped {path}: {reason}", file=sys.stderr)
@@ -384,5 +388,15 @@ def format_summary(s: dict[str, Any], shape: tuple[int, int], batch: int) -> str
         lines.append(f"Results saved to {s['run_dir']}")
     if s["task1_dir"]:
         lines.append(f"DOTA Task1 files saved to {s['task1_dir']}")
+    if list(s.get("windows_per_rate") or [1.0]) != [1.0] or s.get("flip"):
+        lines.insert(1, windows_line(s["windows_per_rate"], s["flip"], s["n_images"]))
     return "\n".join(lines)
+
+
+def windows_line(per_rate: dict[float, int], flip: bool, n_images: int) -> str:
+    """What multi-scale and flip inference cost: the windows each rate took, the network inputs."""
+    n = sum(per_rate.values())
+    rates = ", ".join(f"rate {r:g}: {v}" for r, v in per_rate.items())
+    flips = f", x3 with --flip: {3 * n} network inputs" if flip else ""
+    return f"Windows per rate: {rates} ({n} in all, {n / max(n_images, 1):.1f} per image{flips})"
 

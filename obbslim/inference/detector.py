@@ -7,6 +7,14 @@ the windows ``obbslim split`` makes), each window is letterboxed to ``imgsz``, w
 are batched through the model, and the window detections are merged back with class-wise rotated
 NMS (``merge.merge_detections``, the DOTA devkit's merge). Decoding is ``postprocess``: score =
 obj x cls, class-aware rotated NMS, ``max_det``.
+
+Test-time augmentation, the protocol of multi-scale DOTA tables: ``rates`` resizes every image by each
+rate (``split.resize_rate``, as ``obbslim split --rates`` cuts training data) and tiles each resized
+image with the same ``tile``/``gap``; ``flip`` adds each window mirrored left-right and up-down (the
+mirror is applied to the network input and undone on its boxes: ``tta.unmirror``), and the
+three views of a window are fused into one answer (``tta.fuse_views``). Every window's boxes go back
+to original pixels (divided by their rate) and all of an image's are merged by the same class-wise
+rotated NMS as the tiles.
 """
 
 from __future__ import annotations
@@ -23,10 +31,11 @@ import torch
 
 from obbslim.data.augment import letterbox
 from obbslim.data.merge import merge_detections
-from obbslim.data.split import crop_tile, tile_name, tile_windows
+from obbslim.data.split import crop_tile, resize_rate, scaled_size, tile_name, tile_windows
 from obbslim.errors import InputError, ObbslimError
 from obbslim.inference.onnx_backend import OnnxModel
 from obbslim.inference.postprocess import postprocess, scale_rboxes
+from obbslim.inference.tta import FLIPS, fuse_views, mirror, unmirror
 from obbslim.model import load
 from obbslim.ops import rbox2poly
 from obbslim.options import DetectConfig
@@ -44,7 +53,8 @@ class Detections:
     names: list[str] = field(default_factory=list)
     path: str | None = None
     shape: tuple[int, int] = (0, 0)  # (h, w) of the image
-    windows: int = 1  # how many network inputs the image took (>1: tiled)
+    windows: int = 1  # how many network inputs the image took (windows of every rate, times the flips)
+    per_rate: dict[float, int] = field(default_factory=dict)  # rate -> windows it was cut into (no flips)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -55,6 +65,11 @@ class Detections:
         return np.asarray(rbox2poly(self.rboxes), np.float64).reshape(-1, 8)
 
     @property
+    def tiled(self) -> bool:
+        """Cut into several windows at some rate (several rates or flips alone do not count)."""
+        return max(self.per_rate.values(), default=self.windows) > 1
+
+    @property
     def labels(self) -> list[str]:
         """Class name of each detection."""
         return [self.names[int(c)] if 0 <= int(c) < len(self.names) else str(int(c)) for c in self.cls]
@@ -62,8 +77,9 @@ class Detections:
 
 @dataclass
 class Window:
-    """One network input: ``(left, top)`` of a ``size`` crop of image ``image`` (size 0: the whole image),
-    letterboxed with ``ratio`` (rw, rh) and ``pad`` (left, top)."""
+    """One network input: ``(left, top)`` of a ``size`` crop of image ``image`` resized by ``rate``
+    (size 0: the whole resized image), letterboxed with ``ratio`` (rw, rh) and ``pad`` (left, top),
+    then mirrored as ``flip`` says (``""``, ``"lr"`` or ``"ud"``)."""
 
     image: int
     left: int
@@ -71,6 +87,8 @@ class Window:
     size: int
     ratio: tuple[float, float] = (1.0, 1.0)
     pad: tuple[int, int] = (0, 0)
+    rate: float = 1.0
+    flip: str = ""
 
 
 def read_image(source: str | Path | np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -93,6 +111,18 @@ def read_image(source: str | Path | np.ndarray) -> tuple[np.ndarray, str | None]
     if img is None:
         raise InputError("cannot read image (corrupt or unsupported format)", path)
     return img, str(path)
+
+
+def check_rates(rates: float | Sequence[float]) -> tuple[float, ...]:
+    """Resize rates as a tuple of distinct positive floats, in the order given."""
+    values = (rates,) if isinstance(rates, (int, float)) else tuple(rates)
+    try:
+        out = tuple(dict.fromkeys(float(r) for r in values))
+    except (TypeError, ValueError):
+        raise ObbslimError(f"rates must be numbers, got {rates!r}") from None
+    if not out or not all(0 < r < float("inf") for r in out):
+        raise ObbslimError(f"rates must be positive numbers (e.g. 0.5 1.0 1.5), got {list(values)}")
+    return out
 
 
 def load_weights(
@@ -150,6 +180,13 @@ class Detector:
     options are checked as :class:`~obbslim.options.DetectConfig` checks them (``conf`` in [0, 1], ...).
     ``half`` runs fp16 on CUDA (ignored on CPU). ``batch`` windows go through the network at once.
     ``merge_iou`` is the IoU of the tile merge (0.1, the DOTA devkit's).
+    ``rates`` (default ``(1.0,)``): multi-scale inference, every image resized by each rate and tiled;
+    then an image smaller than the tile at some rate is zero-padded to the tile as ``obbslim split``
+    does, not enlarged to ``imgsz``, so that the rate alone sets the scale (with the single rate 1.0 a
+    small image is letterboxed to ``imgsz``, as always). ``flip``: each window also goes through the
+    network mirrored left-right and up-down (3 inputs per window), the three answers fused
+    (``inference.tta``). The windows of all rates are merged with the tile merge; the cost is the
+    windows of every rate (``windows``), times 3 with ``flip``.
     ``theta_refine``: sub-bin angle from the CSL bins. Off by default: benchmarks/bench_theta_refine.py
     finds no gain on a trained model (mean angle error 2.39 vs 2.38 deg, mAP50-95 unchanged), the
     CSL targets being centred on the bin.
@@ -171,6 +208,8 @@ class Detector:
         merge_iou: float = 0.1,
         multi_label: bool = False,
         names: Sequence[str] | None = None,
+        rates: float | Sequence[float] = (1.0,),
+        flip: bool = False,
     ):
         DetectConfig.check_values(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, tile=tile, gap=gap,
                                   batch=batch)  # fmt: skip
@@ -208,13 +247,16 @@ class Detector:
         if self.theta_refine and self.backend == "onnx":
             raise ObbslimError("theta_refine needs the theta-bin probabilities, which an ONNX export omits")
         self.nc = int(getattr(self.model, "nc", 0) or len(self.names))
+        self.rates = check_rates(rates)
+        self.flip = bool(flip)
         self.reset_times()
 
     # ------------------------------------------------------------------ timing
     def reset_times(self) -> None:
         self.times = {"preprocess": 0.0, "inference": 0.0, "nms": 0.0}
-        self.n_windows = 0
+        self.n_windows = 0  # network inputs
         self.n_images = 0
+        self.rate_windows = {r: 0 for r in self.rates}  # windows per rate (flips not counted)
 
     def speed(self) -> dict[str, float]:
         """Milliseconds per network input (window) for each stage since ``reset_times``."""
@@ -227,24 +269,46 @@ class Detector:
         return time.perf_counter()
 
     # ------------------------------------------------------------------ the pipeline
-    def windows(self, shape: tuple[int, int], image: int = 0) -> list[Window]:
-        """The network inputs of an image of ``shape`` (h, w): the whole image, or its tiles."""
-        h, w = shape[:2]
-        if h <= self.tile and w <= self.tile:
-            return [Window(image, 0, 0, 0)]
-        return [Window(image, left, top, self.tile) for left, top in tile_windows(w, h, self.tile, self.gap)]
+    @property
+    def multiscale(self) -> bool:
+        return self.rates != (1.0,)
+
+    def windows(self, shape: tuple[int, int], image: int = 0, rate: float = 1.0) -> list[Window]:
+        """The network inputs of an image of ``shape`` (h, w) at ``rate`` (``shape`` is the original
+        image's): the whole image or its tiles, each 3 times with ``flip``."""
+        w, h = scaled_size(int(shape[1]), int(shape[0]), rate)
+        if h <= self.tile and w <= self.tile:  # several rates: padded to the tile, not enlarged
+            places, size = [(0, 0)], self.tile if self.multiscale else 0
+        else:
+            places, size = tile_windows(w, h, self.tile, self.gap), self.tile
+        flips = FLIPS if self.flip else FLIPS[:1]
+        return [Window(image, left, top, size, rate=rate, flip=f) for left, top in places for f in flips]
 
     def preprocess(self, imgs: Sequence[np.ndarray], wins: Sequence[Window]) -> torch.Tensor:
-        """Crop, letterbox, BGR->RGB, CHW, 0..1 on the device; fills each window's ratio and pad."""
+        """Resize, crop, letterbox, flip, BGR->RGB, CHW, 0..1 on the device; fills each window's ratio
+        and pad. The flips of a window reuse its letterboxed crop; the last resized image is kept."""
         out = []
+        last: tuple = (None, None)
         for win in wins:
-            img = imgs[win.image]
-            crop = img if win.size == 0 else crop_tile(img, win.left, win.top, win.size)
-            lb, ratio, pad = letterbox(crop, self.input_shape, auto=False)
+            key = (win.image, win.rate, win.left, win.top, win.size)
+            if key != last[0]:
+                img = self._resized(imgs, win.image, win.rate)
+                crop = img if win.size == 0 else crop_tile(img, win.left, win.top, win.size)
+                last = (key, letterbox(crop, self.input_shape, auto=False))
+            lb, ratio, pad = last[1]
             win.ratio, win.pad = ratio, pad
-            out.append(lb[:, :, ::-1].transpose(2, 0, 1))
+            out.append(mirror(lb, win.flip)[:, :, ::-1].transpose(2, 0, 1))
         x = torch.from_numpy(np.ascontiguousarray(np.stack(out))).to(self.device, non_blocking=True)
         return x.half() / 255 if self.half else x.float() / 255
+
+    def _resized(self, imgs: Sequence[np.ndarray], k: int, rate: float) -> np.ndarray:
+        """Image ``k`` resized by ``rate``; windows come image by image and rate by rate, so keeping
+        the last one resizes each once and holds one resized copy at a time."""
+        if rate == 1:
+            return imgs[k]
+        if self._resize_cache[0] != (k, rate):
+            self._resize_cache = ((k, rate), resize_rate(imgs[k], rate))
+        return self._resize_cache[1]
 
     def forward(self, x: torch.Tensor, wins: Sequence[Window]) -> torch.Tensor:
         """The model's decoded output for a batch. ``wins`` is unused here; a test oracle overrides this
@@ -265,7 +329,8 @@ class Detector:
         )
         res = []
         for o, win in zip(outs, wins):
-            rb = scale_rboxes(o["rboxes"], (win.ratio, win.pad)).cpu().numpy().astype(np.float64)
+            rb = unmirror(o["rboxes"], win.flip, self.input_shape)  # exact, theta included
+            rb = scale_rboxes(rb, (win.ratio, win.pad)).cpu().numpy().astype(np.float64)
             sc = o["scores"].cpu().numpy().astype(np.float64)
             res.append((rb.reshape(-1, 5), sc, o["cls"].cpu().numpy()))
         return res
@@ -275,19 +340,26 @@ class Detector:
         """Detections for each image (paths or BGR arrays); windows of all images share batches."""
         items = [read_image(s) for s in sources]
         imgs = [im for im, _ in items]
-        wins = [w for k, im in enumerate(imgs) for w in self.windows(im.shape, k)]
+        wins = [w for k, im in enumerate(imgs) for r in self.rates for w in self.windows(im.shape, k, r)]
         per_win: list[tuple[np.ndarray, ...]] = []
-        for i in range(0, len(wins), self.batch):
-            chunk = wins[i : i + self.batch]
-            t0 = self._sync()
-            x = self.preprocess(imgs, chunk)
-            t1 = self._sync()
-            decoded = self.forward(x, chunk)
-            t2 = self._sync()
-            per_win += self.postprocess(decoded, chunk)
-            self.times["preprocess"] += t1 - t0
-            self.times["inference"] += t2 - t1
-            self.times["nms"] += time.perf_counter() - t2
+        self._resize_cache: tuple = (None, None)
+        try:
+            for i in range(0, len(wins), self.batch):
+                chunk = wins[i : i + self.batch]
+                t0 = self._sync()
+                x = self.preprocess(imgs, chunk)
+                t1 = self._sync()
+                decoded = self.forward(x, chunk)
+                t2 = self._sync()
+                per_win += self.postprocess(decoded, chunk)
+                self.times["preprocess"] += t1 - t0
+                self.times["inference"] += t2 - t1
+                self.times["nms"] += time.perf_counter() - t2
+        finally:
+            self._resize_cache = (None, None)
+        for w in wins:
+            if not w.flip:
+                self.rate_windows[w.rate] = self.rate_windows.get(w.rate, 0) + 1
         t0 = time.perf_counter()
         results = [self._merge(k, im, path, wins, per_win) for k, (im, path) in enumerate(items)]
         self.times["nms"] += time.perf_counter() - t0
@@ -304,10 +376,20 @@ class Detector:
     ) -> Detections:
         mine = [(w, r) for w, r in zip(wins, per_win) if w.image == k]
         shape = tuple(int(v) for v in img.shape[:2])
-        if len(mine) == 1:
-            rb, sc, cl = mine[0][1]
-        else:
-            tiles = {tile_name("img", 1.0, w.left, w.top): r for w, r in mine}
+        per_rate = {r: sum(w.rate == r and not w.flip for w, _ in mine) for r in self.rates}
+        views: dict[tuple[float, int, int], list] = {}  # the flips of each window
+        for w, r in mine:
+            views.setdefault((w.rate, w.left, w.top), []).append(r)
+        fused = {key: fuse_views(vs, self.iou, self.max_det) if len(vs) > 1 else vs[0]
+                 for key, vs in views.items()}  # fmt: skip
+        if len(fused) == 1:  # one window: nothing to merge, only back to image pixels
+            ((rate, left, top), (rb, sc, cl)), = fused.items()
+            if (rate, left, top) != (1.0, 0, 0):
+                rb = rb.copy()
+                rb[:, :2] = (rb[:, :2] + [left, top]) / rate
+                rb[:, 2:4] /= rate
+        else:  # tiles and rates: one class-wise rotated NMS over all (the merge divides by the rate)
+            tiles = {tile_name("img", *key): r for key, r in fused.items()}
             m = merge_detections(tiles, iou_thr=self.merge_iou, max_det=self.max_det)["img"]
             rb, sc, cl = m.rboxes[: self.max_det], m.scores[: self.max_det], m.cls[: self.max_det]
         return Detections(
@@ -318,10 +400,12 @@ class Detector:
             path=path,
             shape=shape,  # type: ignore[arg-type]
             windows=len(mine),
+            per_rate=per_rate,
         )
 
     def __repr__(self) -> str:
         return (
             f"Detector(backend={self.backend}, device={self.device}, imgsz={self.imgsz}, tile={self.tile}, "
-            f"gap={self.gap}, conf={self.conf}, iou={self.iou}, half={self.half})"
+            f"gap={self.gap}, conf={self.conf}, iou={self.iou}, half={self.half}, rates={list(self.rates)}, "
+            f"flip={self.flip})"
         )

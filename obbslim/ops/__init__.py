@@ -5,7 +5,7 @@ The box convention lives in :mod:`obbslim.ops.boxes`.
 
 from __future__ import annotations
 
-from obbslim.ops.boxes import norm_rbox, poly2rbox, rbox2poly
+from obbslim.ops.boxes import flip_rboxes, norm_rbox, poly2rbox, rbox2poly
 from obbslim.ops.csl import csl_bin, csl_bin_angle, csl_decode, csl_encode, csl_refine
 from obbslim.ops.geometry import poly_area, quad_area
 from obbslim.ops.iou import poly_iou, rbox_iou
@@ -15,6 +15,7 @@ __all__ = [
     "poly2rbox",
     "rbox2poly",
     "norm_rbox",
+    "flip_rboxes",
     "rbox_iou",
     "poly_iou",
     "nms_rotated",

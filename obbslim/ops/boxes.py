@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["poly2rbox", "rbox2poly", "norm_rbox"]
+__all__ = ["poly2rbox", "rbox2poly", "norm_rbox", "flip_rboxes"]
 
 HALF_PI = math.pi / 2
 
@@ -54,6 +54,25 @@ def norm_rbox(rboxes: Any) -> Any:
     single form with ``w >= h`` and ``theta`` in ``[-pi/2, pi/2)`` (theta == pi/2 maps to -pi/2).
     """
     r, was_np = _as_tensor(rboxes)
+    return _back(_norm(r), was_np)
+
+
+def flip_rboxes(rboxes: Any, width: float | None = None, height: float | None = None) -> Any:
+    """Mirror rboxes with their image: ``width`` mirrors left-right (``x -> width - x``), ``height``
+    up-down (``y -> height - y``), both a half turn. One mirror negates theta (the long side's
+    direction (cos t, sin t) becomes (-cos t, sin t) or (cos t, -sin t)), two keep it; the result is
+    normalised (``-(-pi/2)`` is pi/2, folded back to -pi/2). This is the pixel flip exactly: column
+    ``i`` of an image ``w`` wide goes to ``w - 1 - i``, its strip ``[i, i + 1)`` to ``[w - 1 - i, w - i)``
+    (the mapping ``augment.flip_lr`` / ``flip_ud`` apply to polygons).
+    """
+    r, was_np = _as_tensor(rboxes)
+    r = r.clone()
+    if width is not None:
+        r[..., 0] = width - r[..., 0]
+    if height is not None:
+        r[..., 1] = height - r[..., 1]
+    if (width is None) != (height is None):
+        r[..., 4] = -r[..., 4]
     return _back(_norm(r), was_np)
 
 

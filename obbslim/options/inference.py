@@ -44,6 +44,9 @@ class DetectConfig(Options):
     threads: int | None = threads_option()
     device: str | None = option(None, "cpu, 0, cuda:1 (default: GPU 0 if available)")
     half: bool = option(False, "fp16 inference (CUDA only)")
+    rates: tuple[float, ...] = option((1.0,), "multi-scale: resize each image by these rates, tile, merge "
+                                      "(e.g. 0.5 1.0 1.5; default 1.0)", nargs="+")  # fmt: skip
+    flip: bool = option(False, "also predict each window mirrored left-right and up-down (3x the windows)")
     save_img: bool = option(False, "save images with the boxes drawn")
     save_txt: bool = option(False, "save labels/<stem>.txt: x1 y1 .. y4 class score")
     save_dota: str | Path | None = option(None, "write DOTA Task1_<class>.txt files into DIR", metavar="DIR")
@@ -81,6 +84,9 @@ class ValConfig(Options):
                              check=at_least(0))  # fmt: skip
     json_path: str | Path | None = option(None, "write {metric, mAP, per_class, mAP50_95, speed_ms, ...}",
                                           flag="--json", metavar="OUT")  # fmt: skip
+    rates: tuple[float, ...] = option((1.0,), "--full-images multi-scale: resize each image by these rates "
+                                      "(e.g. 0.5 1.0 1.5; default 1.0)", nargs="+")  # fmt: skip
+    flip: bool = option(False, "--full-images: also predict each tile mirrored left-right and up-down")
     project: str | Path = option("runs/val", "where run folders go")
     name: str = option("exp", "run folder name")
     exist_ok: bool = option(False, "reuse <project>/<name> instead of <name>2, ...")
