@@ -9,6 +9,7 @@
 
     python benchmarks/bench_distill.py                                  # ~30 min on 2 CPU cores
     python benchmarks/bench_distill.py --teacher-minutes 3 --epochs 3 --images 60   # a quick check
+    for s in 0 1 2; do python benchmarks/bench_distill.py --seed $s --modes finetune,both; done   # 3 seeds
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared 2-core box)")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of each training run")
     ap.add_argument("--out", default=None, help="folder for data and runs (default: a temp dir)")
     args = ap.parse_args()
 
@@ -54,7 +56,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_distill_"))
     t_all = time.time()
     data = args.data or make_synthetic(
-        out / "synth", n_images=args.images, size=args.imgsz, seed=0, overwrite=True
+        out / "synth", n_images=args.images, size=args.imgsz, seed=args.seed, overwrite=True
     )
     d = load_data_yaml(data)
     dev = "cpu" if args.device == "cpu" else f"cuda:{args.device}"
@@ -62,7 +64,7 @@ def main() -> None:
     loader = build_dataloader(val_samples, "val", args.imgsz, args.batch * 2, augment=False, workers=0)
     common = dict(
         imgsz=args.imgsz, batch=args.batch, device=args.device, workers=args.workers, project=out / "runs",
-        exist_ok=True, noplots=True, verbose=False,
+        exist_ok=True, noplots=True, verbose=False, seed=args.seed,
     )  # fmt: skip
     hyp = {"nbs": args.batch, "warmup_min_iters": 10}
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from obbslim.prune.sparsity import (
     SparsityTraining,
+    bn_gammas,
     flops_weights,
     gamma_stats,
     prunable_bn_names,
@@ -172,7 +173,7 @@ def test_hook_after_amp_unscale_is_not_divided_by_the_scale():
     loss = (bn.weight * 0.0).sum() + (m.model[1].conv.weight * 0.0).sum()
     scaler.scale(loss).backward()
     cb = SparsityCallback()
-    cfg = SparseTrainConfig(sparsity=1e-3, noplots=True)
+    cfg = SparseTrainConfig(sparsity=1e-3, sparsity_mode="subgradient", noplots=True)
     hyp = {"clip_grad_norm": 1e9}
     state = TrainState(cfg=cfg, hyp=hyp, model=m, optimizer=opt, scaler=scaler, callbacks=[cb])
     cb.before_train(state)
@@ -258,3 +259,84 @@ def test_time_limited_run_ends_the_lambda_schedule_with_the_run(synth, tiny_spec
     assert 2 <= n < 1000  # the clock ran out after a few epochs
     rows = ResultsCSV(Path(r["run_dir"]) / "results.csv").read()
     assert float(rows[-1]["sparsity_lambda"]) == pytest.approx(0.1 * lam, rel=1e-6)
+
+
+def _bn_weights(m: nn.Module) -> list[torch.Tensor]:
+    return [x.weight for x in m.modules() if isinstance(x, nn.BatchNorm2d)]
+
+
+def test_prox_soft_thresholds_in_the_optimizers_metric():
+    """The shrink is lambda * batch * lr * P and stops at 0 (no sign flip), gradients untouched.
+    Hand-computed: SGD, lambda 0.1, batch 2, lr 0.1, momentum 0.5 -> 0.1 * 2 * 0.1 / 0.5 = 0.04;
+    Adam after one step with gradient 0.5 (bias-corrected v = 0.25): 0.01 * 4 * 0.1 / 0.5 = 0.008."""
+    m = tiny_model()
+    bn = next(x for x in m.modules() if isinstance(x, nn.BatchNorm2d))
+    sp = SparsityTraining(m, 0.1, mode="prox")
+    sp.optimizer, sp.batch = torch.optim.SGD(_bn_weights(m), lr=0.1, momentum=0.5), 2
+    bn.weight.data[:4] = torch.tensor([0.03, -0.2, 0.5, 0.0])
+    bn.weight.grad = torch.ones_like(bn.weight)
+    sp.after_backward(m, 0.0)
+    torch.testing.assert_close(bn.weight.data[:4], torch.tensor([0.0, -0.16, 0.46, 0.0]))
+    assert torch.equal(bn.weight.grad, torch.ones_like(bn.weight))
+
+    sp = SparsityTraining(m, 0.01, mode="prox")
+    sp.optimizer, sp.batch = torch.optim.Adam(_bn_weights(m), lr=0.1), 4
+    sp.after_backward(m, 0.0)  # no Adam state yet: nothing happens
+    assert bn.weight.data[1] == pytest.approx(-0.16)
+    for p in _bn_weights(m):
+        p.grad = torch.full_like(p, 0.5)
+    sp.optimizer.step()  # every weight moves by -lr = -0.1
+    bn.weight.data[:3] = torch.tensor([0.005, -0.2, 0.5])
+    sp.after_backward(m, 0.0)
+    torch.testing.assert_close(bn.weight.data[:3], torch.tensor([0.0, -0.192, 0.492]))
+    with pytest.raises(ValueError, match="sparsity mode"):
+        SparsityTraining(m, 1.0, mode="l1")
+
+
+@pytest.mark.parametrize("opt", ["SGD", "AdamW"])
+@pytest.mark.parametrize("lr,batch", [(0.01, 2), (0.001, 16)])
+def test_prox_keeps_a_scale_exactly_when_its_gradient_exceeds_lambda(opt, lr, batch):
+    """The rule behind --sparsity: a scale whose per-image loss gradient is a (the loss sums over the
+    batch, so its gradient is a * batch) grows when a > lambda and, when a < lambda, is set to 0 by every
+    prox and ends within the one optimizer step that follows it, whatever the optimizer, lr and batch."""
+    lam = 0.01
+    for a, survives in ((2 * lam, True), (0.5 * lam, False)):
+        m = tiny_model()
+        ws = _bn_weights(m)
+        for w in ws:
+            w.data.fill_(0.5)
+        sgd = opt == "SGD"
+        optim = torch.optim.SGD(ws, lr=lr, momentum=0.9) if sgd else torch.optim.AdamW(ws, lr, weight_decay=0)
+        sp = SparsityTraining(m, lam, mode="prox")
+        sp.optimizer, sp.batch = optim, batch
+        # long enough for the dying scale to travel 0.5: net lr per step with Adam
+        steps = int(1 / lr) + 50 if not sgd else int(3 / (lr * lam * batch * 10)) + 50
+        for _ in range(steps):
+            for w in ws:
+                w.grad = torch.full_like(w, -a * batch)  # the loss wants the scale larger, by a per image
+            sp.after_backward(m, 0.0)
+            optim.step()
+        g = bn_gammas(m)
+        one_step = lr * a * batch / 0.1 if opt == "SGD" else lr  # SGD: with momentum 0.9; Adam: about lr
+        ok = bool((g > 0.5).all()) if survives else float(g.max()) <= 1.01 * one_step
+        assert ok, (a, float(g.min()), float(g.max()))
+
+
+def test_prox_run_separates_the_scales_and_old_records_keep_the_subgradient(synth, tiny_spec, tmp_path):
+    """A 2-epoch prox run at --sparsity 1e-2 drives the scales the loss does not defend below 1e-2; a
+    run recorded before the option existed resumes with the subgradient it was trained with."""
+    from obbslim.engine.runs import ResultsCSV
+    from obbslim.options import SparseTrainConfig
+    from obbslim.prune.sparsity import sparse_train
+
+    r = sparse_train(data=train_only(synth), model=str(tiny_spec), epochs=2, imgsz=64, batch=2, device="cpu",
+                     workers=0, hyp=FAST_HYP, project=tmp_path / "runs", verbose=False, noautoanchor=True,
+                     noval=True, name="prox", sparsity=1e-2)  # fmt: skip
+    rows = ResultsCSV(Path(r["run_dir"]) / "results.csv").read()
+    assert float(rows[0]["gamma_lt_1e-2"]) < float(rows[-1]["gamma_lt_1e-2"])
+    assert float(rows[-1]["gamma_lt_1e-2"]) > 0.1
+    args = yaml.safe_load((Path(r["run_dir"]) / "args.yaml").read_text())
+    assert args["sparsity_mode"] == "prox"
+    old = {k: v for k, v in args.items() if k != "sparsity_mode"}
+    assert SparseTrainConfig.from_record(old).sparsity_mode == "subgradient"
+    assert SparseTrainConfig.from_record({**old, "sparsity": 0.0}).sparsity_mode == "prox"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from obbslim.options.base import Options, option, threads_option, workers_option
 from obbslim.options.checks import COUNT, IMGSZ, THREADS, at_least, between, non_negative
-from obbslim.options.train import SPARSITY_SCHEDULES, SPARSITY_WEIGHTINGS
+from obbslim.options.train import SPARSITY_MODES, SPARSITY_SCHEDULES, SPARSITY_WEIGHTINGS
 
 OPEN_FRACTION = between(0.0, 1.0, low_open=True, high_open=True)
 
@@ -34,7 +34,11 @@ class CompressConfig(Options):
     epochs_base: int = option(100, "baseline training epochs (0 only with --teacher)", check=at_least(0))
     epochs_sparse: int = option(100, "sparsity training epochs", check=COUNT)
     epochs_distill: int = option(50, "epochs of distillation and of fine-tuning", check=COUNT)
-    sparsity: float = option(1e-3, "L1 on the BN scales", metavar="LAMBDA", check=non_negative())
+    sparsity: float = option(1e-3, "L1 on the BN scales: with the default prox mode, the per-image loss "
+                             "gradient below which a channel goes to 0 (see obbslim train --sparsity-mode)",
+                             metavar="LAMBDA", check=non_negative())  # fmt: skip
+    sparsity_mode: str = option("prox", "how LAMBDA is applied (obbslim train --sparsity-mode)",
+                                choices=SPARSITY_MODES)  # fmt: skip
     sparsity_schedule: str = option("constant", "decay of LAMBDA over the sparsity training",
                                     choices=SPARSITY_SCHEDULES)  # fmt: skip
     sparsity_weighting: str = option("none", "flops: scale each layer's LAMBDA by the FLOPs of one of its "

@@ -11,6 +11,7 @@ from obbslim.options.checks import COUNT, FRACTION, IMGSZ, at_least, non_negativ
 
 SPARSITY_SCHEDULES = ("constant", "linear", "cosine")
 SPARSITY_WEIGHTINGS = ("none", "flops")
+SPARSITY_MODES = ("prox", "subgradient")
 KD_FEATURE_TYPES = ("cwd", "mimic")
 KD_CLS_KINDS = ("bce", "kl")
 
@@ -88,9 +89,17 @@ class SparseTrainConfig(TrainConfig):
 
     sparsity: float = option(
         0.0,
-        "network slimming: L1 penalty LAMBDA * sum|gamma| on prunable BN scales (e.g. 1e-4)",
+        "network slimming: L1 on the prunable BN scales; with --sparsity-mode prox (default) a channel whose "
+        "per-image loss gradient on its scale stays below LAMBDA goes to 0 (e.g. 1e-3)",
         metavar="LAMBDA",
         check=non_negative(),
+    )
+    sparsity_mode: str = option(
+        "prox",
+        "prox: soft-threshold after each step in the optimizer's metric (the same LAMBDA for any length, "
+        "optimizer, lr or batch); subgradient: LAMBDA * sign(gamma) added to every step's gradient (the "
+        "network slimming paper; its LAMBDA depends on all of those)",
+        choices=SPARSITY_MODES,
     )
     sparsity_schedule: str = option(
         "constant",
@@ -104,6 +113,13 @@ class SparseTrainConfig(TrainConfig):
         "channel ratio removes more FLOPs",
         choices=SPARSITY_WEIGHTINGS,
     )
+
+    @classmethod
+    def from_record(cls, record: dict) -> SparseTrainConfig:
+        """Runs recorded before ``sparsity_mode`` existed used the subgradient: they resume with it."""
+        if record.get("sparsity") and "sparsity_mode" not in record:
+            record = {**record, "sparsity_mode": "subgradient"}
+        return super().from_record(record)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from obbslim.errors import ObbslimError
 from obbslim.model import read_checkpoint
 from obbslim.options import CompressConfig
 from obbslim.options.train import SPARSITY_WEIGHTINGS
-from obbslim.pipeline.report import write_report
+from obbslim.pipeline.report import claim, write_report
 from obbslim.pipeline.stages import SPECS, Context, Stage
 from obbslim.utils.io import atomic_write_text, claim_run_dir, run_path
 from obbslim.utils.lock import RunLock
@@ -85,6 +85,7 @@ def _compress(cfg: CompressConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.verbose:
         print(Path(pipe.markers["5_benchmark"]["info"]["table"]).read_text().split("\n\n")[0])
         print(f"\ncompress: report -> {report}")
+        print(claim(pipe.markers))
     return {**pipe.result(), "report": str(report), "stopped": None, "signal": None}
 
 

@@ -14,7 +14,9 @@ from obbslim.options import DemoConfig
 from obbslim.pipeline.compress import compress, set_threads
 
 # Measured on 2 CPU cores: see the README ("obbslim demo") for the stage times.
-DEMO_DATA = dict(n_images=100, size=256, seed=0, val_frac=0.2)
+# four classes: at 256 px the fifth, small-vehicle (cars of 4-8 px), needs more than a few CPU minutes
+DEMO_DATA = dict(n_images=200, size=256, seed=0, val_frac=0.2,
+                 classes=("large-vehicle", "plane", "ship", "storage-tank"))  # fmt: skip
 DEMO_HYP = {
     "nbs": 8,  # one optimizer step per batch of 8 (not the nominal 64): enough steps in a few epochs
     "warmup_epochs": 1.0,
@@ -26,8 +28,9 @@ DEMO = dict(
     prune_ratio=0.5,
     epochs_base=30,
     epochs_sparse=15,
-    epochs_distill=10,
-    sparsity=1e-2,  # a short schedule needs a larger lambda for the BN scales to move visibly
+    epochs_distill=20,  # distillation needs the epochs to overtake plain fine-tuning (10: 0.703 vs 0.723)
+    sparsity=1.5e-3,  # prox: channels whose per-image gradient stays below this go to 0
+    sparsity_weighting="flops",  # costly channels first: ratio 0.5 then removes more than half the FLOPs
     imgsz=256,
     batch=8,
     workers=0,

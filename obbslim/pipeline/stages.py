@@ -169,6 +169,7 @@ def sparse(ctx: Context) -> Stage:
         "sparsity": c.sparsity,
         "schedule": c.sparsity_schedule,
         **weighting,
+        **({"mode": c.sparsity_mode} if c.sparsity_mode != "subgradient" else {}),
     }
     return ctx.training(
         "2_sparse",
@@ -183,6 +184,7 @@ def sparse(ctx: Context) -> Stage:
         sparsity=c.sparsity,
         sparsity_schedule=c.sparsity_schedule,
         sparsity_weighting=weighting.get("weighting"),
+        sparsity_mode=c.sparsity_mode,
         noautoanchor=True,
     )
 
