@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=256, help="training / validation size")
     ap.add_argument("--minutes", type=float, default=15.0, help="sparsity-training budget")
     ap.add_argument("--sparsity", type=float, default=1e-3, help="L1 lambda of the sparsity training")
+    ap.add_argument("--sparsity-mode", choices=("prox", "subgradient"), default="prox",
+                    help="how lambda is applied (obbslim train --sparsity-mode)")
     ap.add_argument("--sparsity-weighting", choices=("none", "flops"), default="flops",
                     help="flops: each layer's lambda scaled by the FLOPs a channel costs (resource-aware)")
     ap.add_argument("--ratio", type=float, default=0.5, help="fraction of the BN channels removed")
@@ -107,11 +109,13 @@ def main() -> None:
     if weights is None:
         t = time.time()
         r = sparse_train(data=data, model=args.model, epochs=1000, time_limit=args.minutes / 60, hyp=hyp,
-                         sparsity=args.sparsity, sparsity_schedule="linear",
+                         sparsity=args.sparsity, sparsity_mode=args.sparsity_mode,
+                         sparsity_schedule="linear" if args.sparsity_mode == "subgradient" else "constant",
                          sparsity_weighting=args.sparsity_weighting, name="sparse", val_every=5,
                          **common)  # fmt: skip
         weights = Path(r["last"])
-        print(f"sparsity training: {r['epochs_done']} epochs, lambda {args.sparsity:g} (linear, "
+        print(f"sparsity training: {r['epochs_done']} epochs, lambda {args.sparsity:g} "
+              f"({args.sparsity_mode}, "
               f"weighting {args.sparsity_weighting}) in "
               f"{(time.time() - t) / 60:.1f} min -> {weights} (gamma_hist.png beside results.csv)")
 

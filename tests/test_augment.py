@@ -357,7 +357,9 @@ def test_hyp_defaults_and_overrides(tmp_path):
         mixup=0.0,
         lr0=0.01,
         momentum=0.937,
-        theta=0.5,
+        theta=1.0,
+        optimizer="auto",
+        nbs=16,
     ).items():
         assert hyp[k] == v, k
     f = tmp_path / "h.yaml"

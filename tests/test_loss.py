@@ -233,10 +233,10 @@ def test_scale_gains_by_hand():
     assert h["box"] == pytest.approx(0.05)
     assert h["cls"] == pytest.approx(0.5 * 15 / 80)
     assert h["obj"] == pytest.approx(1.0 * 1.6**2)
-    assert h["theta"] == pytest.approx(0.5)
+    assert h["theta"] == pytest.approx(1.0)  # the default angle gain, not scaled (3 levels)
     h4 = scale_gains(hyp, nl=4, nc=80, imgsz=320)
     assert h4["box"] == pytest.approx(0.0375) and h4["cls"] == pytest.approx(0.375)
-    assert h4["obj"] == pytest.approx(0.25 * 0.75) and h4["theta"] == pytest.approx(0.375)
+    assert h4["obj"] == pytest.approx(0.25 * 0.75) and h4["theta"] == pytest.approx(0.75)
     assert hyp["box"] == 0.05  # not modified in place
 
 

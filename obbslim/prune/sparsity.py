@@ -231,7 +231,7 @@ class SparsityTraining:
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module, epoch_frac: float) -> None:
-        """prox: soft-threshold the scales by this batch's share of lambda_t; subgradient:
+        """prox: soft-threshold the scales by lambda_t * batch * lr * P; subgradient:
         grad(gamma) += lambda_t * sign(gamma) (and beta with ``bias``). Runs after AMP unscaling."""
         lam = self.current = self.lam_at(epoch_frac)
         mods = dict(model.named_modules())
