@@ -314,6 +314,85 @@ def find_task1_files(det_dir: str | Path) -> dict[str, Path]:
     return files
 
 
+def _read_ground_truth(ann_dir: str | Path, imageset: str | Path | None) -> tuple[list[str], list]:
+    """(image ids, their labelTxt files): every label file in ``ann_dir``, or the ``imageset``'s, each
+    of which must exist; a non-finite coordinate is an error naming the file and line."""
+    ann_dir = Path(ann_dir)
+    if not ann_dir.is_dir():
+        raise FileNotFoundError(f"{ann_dir}: no such annotation folder")
+    if imageset is None:
+        image_ids = sorted(p.stem for p in ann_dir.glob("*.txt"))
+        if not image_ids:
+            raise InputError("no labelTxt files (*.txt) in the annotation folder", ann_dir)
+    else:
+        listed = read_imageset(imageset)
+        for img, num in listed.items():
+            if not (ann_dir / f"{img}.txt").is_file():
+                raise InputError(f"image {img!r} has no label file {ann_dir / (img + '.txt')}", imageset, num)
+        image_ids = list(listed)
+    labels = [read_labeltxt(ann_dir / f"{img}.txt") for img in image_ids]
+    for lf, img in zip(labels, image_ids):
+        bad = ~np.isfinite(lf.polys).all(1)
+        if bad.any():
+            raise InputError("non-finite coordinate", ann_dir / f"{img}.txt", int(lf.lines[np.argmax(bad)]))
+    return image_ids, labels
+
+
+def _class_names(
+    labels: list, classes: Iterable[str] | None, det_files: dict[str, Path], det_dir: str | Path
+) -> tuple[list[str], list[str], list[str]]:
+    """(evaluated class names as the ground truth spells them, every ground-truth object's class name,
+    warnings about classes absent from the ground truth and detection files of no class)."""
+    gt_spelling: dict[str, str] = {}  # normalised -> as the ground truth spells it (first seen)
+    for lf in labels:
+        for n in lf.names:
+            gt_spelling.setdefault(normalize_name(n), class_key(n))
+    gt_names = [gt_spelling[normalize_name(n)] for lf in labels for n in lf.names]
+    warnings: list[str] = []
+    if classes is None:
+        names = sorted(set(gt_names))
+    else:
+        names = list(dict.fromkeys(gt_spelling.get(normalize_name(c), class_key(c)) for c in classes))
+        absent = [n for n in names if normalize_name(n) not in gt_spelling]
+        if absent:
+            warnings.append(f"{plural(len(absent), 'class', 'classes')} not in the ground truth (AP 0): "
+                            f"{', '.join(absent)}")  # fmt: skip
+    evaluated = {normalize_name(n) for n in names}
+    if not det_files:
+        warnings.append(f"no Task1_<class>.txt files in {det_dir}: every class scores 0")
+    unmatched = [p.name for k, p in det_files.items() if k not in evaluated and k not in gt_spelling]
+    if unmatched:
+        warnings.append(f"{plural(len(unmatched), 'detection file')} of no class in the ground truth "
+                        f"ignored: {', '.join(unmatched)} (classes: {', '.join(names)})")  # fmt: skip
+    return names, gt_names, warnings
+
+
+def _read_detections(
+    det_files: dict[str, Path], names: list[str], image_ids: list[str], warnings: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(polys, scores, class indices, image indices) of every evaluated class's Task1 file; detections
+    on images outside ``image_ids`` keep image index -1 and are counted in a warning."""
+    img_of = {img: i for i, img in enumerate(image_ids)}
+    det_parts = []
+    outside: dict[str, int] = {}
+    for c, name in enumerate(names):
+        key = normalize_name(name)
+        if key in det_files:
+            ids, scores, polys = read_task1(det_files[key])
+            dimg = np.array([img_of.get(i, -1) for i in ids], np.int64)
+            for i in np.flatnonzero(dimg < 0):
+                outside[ids[i]] = outside.get(ids[i], 0) + 1
+            det_parts.append((polys, scores, np.full(len(ids), c, np.int64), dimg))
+    if outside:
+        some = ", ".join(sorted(outside)[:3]) + (", ..." if len(outside) > 3 else "")
+        n_det, n_img = plural(sum(outside.values()), "detection"), plural(len(outside), "image")
+        warnings.append(f"{n_det} on {n_img} outside the evaluated set ignored ({some})")
+    if not det_parts:
+        return np.zeros((0, 8)), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    det_polys, det_scores, det_cls, det_img = (np.concatenate(x) for x in zip(*det_parts))
+    return det_polys, det_scores, det_cls, det_img
+
+
 def evaluate_dota(
     det_dir: str | Path,
     ann_dir: str | Path,
@@ -333,80 +412,17 @@ def evaluate_dota(
     ``classes`` missing from the ground truth); a list of them if ``iou_thr`` is a sequence.
     Non-finite scores or coordinates are errors naming the file and line.
     """
-    ann_dir = Path(ann_dir)
-    if not ann_dir.is_dir():
-        raise FileNotFoundError(f"{ann_dir}: no such annotation folder")
     det_files = find_task1_files(det_dir)
-    if imageset is None:
-        image_ids = sorted(p.stem for p in ann_dir.glob("*.txt"))
-        if not image_ids:
-            raise InputError("no labelTxt files (*.txt) in the annotation folder", ann_dir)
-    else:
-        listed = read_imageset(imageset)
-        for img, num in listed.items():
-            if not (ann_dir / f"{img}.txt").is_file():
-                raise InputError(f"image {img!r} has no label file {ann_dir / (img + '.txt')}", imageset, num)
-        image_ids = list(listed)
-    labels = [read_labeltxt(ann_dir / f"{img}.txt") for img in image_ids]
-    for lf, img in zip(labels, image_ids):
-        bad = ~np.isfinite(lf.polys).all(1)
-        if bad.any():
-            raise InputError("non-finite coordinate", ann_dir / f"{img}.txt", int(lf.lines[np.argmax(bad)]))
-
-    gt_spelling: dict[str, str] = {}  # normalised -> as the ground truth spells it (first seen)
-    for lf in labels:
-        for n in lf.names:
-            gt_spelling.setdefault(normalize_name(n), class_key(n))
-    gt_names = [gt_spelling[normalize_name(n)] for lf in labels for n in lf.names]
-    warnings: list[str] = []
-    if classes is None:
-        names = sorted(set(gt_names))
-    else:
-        names = list(dict.fromkeys(gt_spelling.get(normalize_name(c), class_key(c)) for c in classes))
-        absent = [n for n in names if normalize_name(n) not in gt_spelling]
-        if absent:
-            warnings.append(f"{plural(len(absent), 'class', 'classes')} not in the ground truth (AP 0): "
-                            f"{', '.join(absent)}")  # fmt: skip
+    image_ids, labels = _read_ground_truth(ann_dir, imageset)
+    names, gt_names, warnings = _class_names(labels, classes, det_files, det_dir)
     cls_of = {n: i for i, n in enumerate(names)}
-    img_of = {img: i for i, img in enumerate(image_ids)}
-    evaluated = {normalize_name(n) for n in names}
-    if not det_files:
-        warnings.append(f"no Task1_<class>.txt files in {det_dir}: every class scores 0")
-    unmatched = [p.name for k, p in det_files.items() if k not in evaluated and k not in gt_spelling]
-    if unmatched:
-        warnings.append(f"{plural(len(unmatched), 'detection file')} of no class in the ground truth "
-                        f"ignored: {', '.join(unmatched)} (classes: {', '.join(names)})")  # fmt: skip
-
     gt_polys = np.concatenate([lf.polys for lf in labels]) if labels else np.zeros((0, 8))
     gt_cls = np.array([cls_of.get(n, -1) for n in gt_names], np.int64)
     gt_img = np.concatenate(
         [np.full(len(lf), i, np.int64) for i, lf in enumerate(labels)] or [np.zeros(0, np.int64)]
     )
     gt_diff = np.concatenate([lf.difficult for lf in labels] or [np.zeros(0, np.int64)])
-
-    det_parts = []
-    outside: dict[str, int] = {}
-    for c, name in enumerate(names):
-        key = normalize_name(name)
-        if key in det_files:
-            ids, scores, polys = read_task1(det_files[key])
-            dimg = np.array([img_of.get(i, -1) for i in ids], np.int64)
-            for i in np.flatnonzero(dimg < 0):
-                outside[ids[i]] = outside.get(ids[i], 0) + 1
-            det_parts.append((polys, scores, np.full(len(ids), c, np.int64), dimg))
-    if outside:
-        some = ", ".join(sorted(outside)[:3]) + (", ..." if len(outside) > 3 else "")
-        n_det, n_img = plural(sum(outside.values()), "detection"), plural(len(outside), "image")
-        warnings.append(f"{n_det} on {n_img} outside the evaluated set ignored ({some})")
-    if det_parts:
-        det_polys, det_scores, det_cls, det_img = (np.concatenate(x) for x in zip(*det_parts))
-    else:
-        det_polys, det_scores, det_cls, det_img = (
-            np.zeros((0, 8)),
-            np.zeros(0),
-            np.zeros(0, np.int64),
-            np.zeros(0, np.int64),
-        )
+    det_polys, det_scores, det_cls, det_img = _read_detections(det_files, names, image_ids, warnings)
     result = evaluate_polys(
         gt_polys=gt_polys,
         gt_cls=gt_cls,
