@@ -217,6 +217,30 @@ def test_validate_perfect_predictions_score_one(synth):
     assert m2["mAP50_95"] < 0.15
 
 
+def test_validate_leaves_out_the_angle_probabilities_without_changing_the_detections(tiny_spec):
+    """Validation decodes a real model without the 180 bin probabilities (only the argmax angle is read):
+    its detections must be those of the full decode that any other model goes through."""
+    from obbslim.eval.metrics import _decoded_and_raw
+    from obbslim.inference.postprocess import postprocess
+    from obbslim.model import build
+
+    torch.manual_seed(0)
+    net = build(str(tiny_spec), 3).eval()
+    with torch.no_grad():  # objectness and class logits up: many random boxes pass conf 0.001
+        for conv in net.detect.m:
+            conv.bias.view(net.detect.na, -1)[:, 4:8] = 2.0
+        x = torch.rand(2, 3, 96, 96)
+        full, _ = net(x)
+        fast, raw, nc = _decoded_and_raw(net, x)
+    assert full.shape[-1] == 6 + 3 + 180 and fast.shape[-1] == 6 + 3 and nc == 3 and len(raw) == 3
+    a = postprocess(full, multi_label=True)
+    b = postprocess(fast, multi_label=True, nc=nc)
+    assert sum(len(o["scores"]) for o in a) > 20
+    for oa, ob in zip(a, b):
+        for k in ("rboxes", "scores", "cls"):
+            assert torch.equal(oa[k], ob[k]), k
+
+
 def test_fitness_is_voc07_map50():
     from obbslim.eval.metrics import fitness
 

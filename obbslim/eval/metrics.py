@@ -30,6 +30,17 @@ def fitness(metrics: dict[str, float]) -> float:
     return float(metrics.get("mAP50", 0.0))
 
 
+def _decoded_and_raw(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list, int | None]:
+    """The model's decoded boxes without the 180 angle-bin probabilities where it can (validation
+    reads only the argmax angle; their sigmoid and copy cost as much as the NMS), its raw levels, and
+    its number of classes when the probabilities were left out."""
+    head = getattr(model, "detect", None)
+    if head is None or not hasattr(model, "forward_raw"):
+        return (*model(x), None)
+    raw = model.forward_raw(x)
+    return head.decode(raw, theta_probs=False), raw, int(head.nc)
+
+
 @torch.no_grad()
 def validate(
     model: nn.Module,
@@ -73,7 +84,7 @@ def validate(
         sync()
         t1 = time.perf_counter()
         with torch.autocast(device.type, enabled=half and device.type == "cuda"):
-            decoded, raw = model(x)
+            decoded, raw, nc = _decoded_and_raw(model, x)
         sync()
         t2 = time.perf_counter()
         if criterion is not None:
@@ -82,7 +93,7 @@ def validate(
             nb += 1
         t2b = time.perf_counter()  # the loss is neither inference nor NMS
         outs = postprocess(decoded.float(), conf_thr=conf_thr, iou_thr=iou_thr, max_det=max_det,
-                           multi_label=True)
+                           multi_label=True, nc=nc)
         for out, f, rp in zip(outs, files, ratio_pads):
             s = by_file[str(f)]
             rb = scale_rboxes(out["rboxes"], rp, imgs.shape[2:], s.shape[:2]).cpu()

@@ -1,0 +1,83 @@
+"""The angle's own overlap term (``theta_iou``) and the rotated objectness target (``obj_target``).
+
+References: shapely polygon IoU for the rotated objectness target; ``probiou`` of the two boxes for the
+rotation term (a sharp angle distribution must give the loss of the box turned by that angle).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from shapely.geometry import Polygon
+
+from obbslim import ops
+from obbslim.engine.loss import OBBLoss, probiou
+from tests.test_loss import NBINS, TARGETS, Head, matched_preds
+
+
+def sharp_logits(angles_deg: list[float]) -> torch.Tensor:
+    """Theta logits that put (almost) all the mass on the bin of each angle."""
+    x = torch.full((len(angles_deg), NBINS), -30.0)
+    bins = ops.csl_bin(torch.tensor([math.radians(a) for a in angles_deg]), NBINS)
+    x[torch.arange(len(angles_deg)), torch.as_tensor(bins).long()] = 30.0
+    return x
+
+
+def test_rotation_loss_is_the_probiou_of_the_turned_box():
+    tbox = torch.tensor([[0.3, 0.7, 4.6, 1.2], [0.5, 0.5, 3.0, 3.0]])  # long thin; square
+    ttheta = torch.tensor([0.0, 0.0])
+    for deg in (0.0, 5.0, 20.0, 60.0):
+        loss = OBBLoss._rotation_loss(sharp_logits([deg, deg]), tbox, ttheta)
+        turned = torch.cat((tbox, torch.full((2, 1), math.radians(deg))), 1)
+        ref = 1 - probiou(turned, torch.cat((tbox, ttheta[:, None]), 1))
+        assert loss.tolist() == pytest.approx(ref.tolist(), abs=1e-5)
+        assert loss[1].item() == pytest.approx(0.0, abs=1e-5)  # a square has no angle to get wrong
+    errs = [OBBLoss._rotation_loss(sharp_logits([d]), tbox[:1], ttheta[:1]).item() for d in (2, 5, 10, 20)]
+    assert errs == sorted(errs) and errs[0] > 0.02  # grows with the error, not flat near the answer
+
+
+def test_rotation_loss_pulls_the_bins_towards_the_target():
+    logits = torch.zeros(1, NBINS, requires_grad=True)  # uniform: the box looks round
+    loss = OBBLoss._rotation_loss(logits, torch.tensor([[0.0, 0.0, 5.0, 1.0]]), torch.tensor([0.3]))
+    loss.sum().backward()
+    target_bin = int(ops.csl_bin(torch.tensor([0.3]), NBINS)[0])
+    assert logits.grad[0].argmin().item() == pytest.approx(target_bin, abs=1)  # descent raises it most
+
+
+def test_theta_iou_gain_adds_to_the_theta_item():
+    base = OBBLoss(Head(), {"theta_iou": 0.0})
+    rot = OBBLoss(Head(), {"theta_iou": 1.0})
+    preds = matched_preds(base, TARGETS, bs=2)
+    for p in preds:  # turn every angle prediction by 30 bins
+        p[..., 8:] = p[..., 8:].roll(30, -1)
+    t0, t1 = base(preds, TARGETS)[1][3].item(), rot(preds, TARGETS)[1][3].item()
+    assert t1 > t0 + 0.05
+
+
+def shapely_iou(a, b) -> float:
+    pa, pb = (
+        Polygon(ops.rbox2poly(torch.tensor([r], dtype=torch.float64))[0].reshape(4, 2).tolist())
+        for r in (a, b)
+    )
+    return pa.intersection(pb).area / pa.union(pb).area
+
+
+def test_rotated_objectness_target_is_the_rotated_iou_at_the_argmax_bin():
+    crit = OBBLoss(Head(), {"obj_target": "rotated"})
+    pbox = torch.tensor([[0.4, 0.6, 5.0, 1.5], [0.5, 0.5, 2.0, 2.0]])
+    tbox = torch.tensor([[0.5, 0.5, 5.0, 1.5], [0.5, 0.5, 2.0, 2.0]])
+    ttheta = torch.tensor([0.2, math.radians(-80.0)])  # the square: 90 degrees from its bin, the same box
+    logits = sharp_logits([30.0, 10.0])
+    got = crit._obj_score(torch.zeros(2), pbox, logits, tbox, ttheta)
+    bins = ops.csl_bin(torch.tensor([math.radians(30.0), math.radians(10.0)]), NBINS)
+    angle = [float(a) for a in ops.csl_bin_angle(torch.as_tensor(bins, dtype=torch.float64), NBINS)]
+    for k in range(2):
+        ref = shapely_iou([*pbox[k].tolist(), angle[k]], [*tbox[k].tolist(), float(ttheta[k])])
+        assert got[k].item() == pytest.approx(ref, abs=1e-4)
+    assert got[0] < 0.8 and got[1] > 0.99  # the thin box pays for its angle, the square does not
+    box = OBBLoss(Head(), {"obj_target": "box"})  # the box loss's own similarity
+    assert box._obj_score(torch.tensor([0.3, -0.2]), pbox, logits, tbox, ttheta).tolist() == pytest.approx(
+        [0.3, 0.0]
+    )
