@@ -251,7 +251,8 @@ def test_object_masks_mark_the_assigned_cells():
 def test_distiller_identical_student_gives_zero_and_teacher_stays_out():
     teacher = tiny(0.125)
     student = copy.deepcopy(teacher)
-    d = Distiller(teacher, [m.weight.shape[1] for m in student.detect.m], feature_type="cwd", output_weight=1.0)
+    ch = [m.weight.shape[1] for m in student.detect.m]
+    d = Distiller(teacher, ch, feature_type="cwd", output_weight=1.0)
     # only the adapters are parameters / state; the teacher is frozen and in eval mode
     assert {k.split(".")[0] for k in d.state_dict()} == {"adapters"}
     assert sum(p.numel() for p in d.parameters()) == sum(p.numel() for p in d.adapters.parameters())
