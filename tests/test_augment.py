@@ -347,7 +347,7 @@ def test_hyp_defaults_and_overrides(tmp_path):
         hsv_h=0.015,
         hsv_s=0.7,
         hsv_v=0.4,
-        degrees=0.0,
+        degrees=180.0,
         translate=0.1,
         scale=0.25,
         shear=0.0,
@@ -360,14 +360,14 @@ def test_hyp_defaults_and_overrides(tmp_path):
         theta=1.0,
         optimizer="auto",
         nbs=16,
-        theta_iou=0.2,
-        obj_target="rotated",
+        theta_iou=0.0,
+        obj_target="box",
     ).items():
         assert hyp[k] == v, k
     f = tmp_path / "h.yaml"
     f.write_text("degrees: 90\n")
     assert load_hyp(f)["degrees"] == 90 and load_hyp(f)["mosaic"] == hyp["mosaic"]
-    assert load_hyp({"mosaic": 0.0})["mosaic"] == 0.0 and load_hyp({"mosaic": 0.0})["degrees"] == 0.0
+    assert load_hyp({"mosaic": 0.0})["mosaic"] == 0.0 and load_hyp({"mosaic": 0.0})["degrees"] == 180.0
     f.write_text("- a\n")
     with pytest.raises(InputError, match="h.yaml"):
         load_hyp(f)

@@ -137,10 +137,8 @@ class DistillConfig(SparseTrainConfig):
     teacher: str | Path | None = option(
         None, "teacher checkpoint .pt (same strides, nc, na, nbins; any widths)"
     )
-    # features only by default: the outputs of a teacher weaker than what fine-tuning reaches pull the
-    # student back to it (README, "Distillation against fine-tuning")
-    kd_output: float = option(0.0, "weight of the output distillation (0 off)", check=non_negative())
-    kd_feature: float = option(2.0, "weight of the feature distillation (0 off)", check=non_negative())
+    kd_output: float = option(1.0, "weight of the output distillation (0 off)", check=non_negative())
+    kd_feature: float = option(1.0, "weight of the feature distillation (0 off)", check=non_negative())
     kd_temp: float = option(1.0, "output temperature T (classes, angle bins)", check=positive())
     kd_feature_type: str = option(
         "cwd",
