@@ -118,66 +118,23 @@ def main() -> None:
     else:
         data = out / "synth" / "data.yaml"
         if not data.is_file():
-            cmd = [
-                *obb,
-                "synth",
-                str(data.parent),
-                "--images",
-                str(args.images),
-                "--size",
-                str(args.size),
-                "--seed",
-                str(args.seed),
-            ]
+            cmd = [*obb, "synth", str(data.parent), "--images", str(args.images), "--size", str(args.size),
+                   "--seed", str(args.seed)]
             run(cmd + (["--classes", *args.classes] if args.classes else []), out / "synth.log")
     synth = data.parent
     rows: dict[str, dict] = {}
 
     run_dir = out / "obbslim"
     if not args.skip_obbslim:
-        cmd = [
-            *obb,
-            "train",
-            "--data",
-            str(data),
-            "--model",
-            args.model,
-            "--epochs",
-            str(args.epochs),
-            "--imgsz",
-            str(args.size),
-            "--batch",
-            str(args.batch),
-            "--workers",
-            str(args.workers),
-            "--device",
-            args.device,
-            "--project",
-            str(out),
-            "--name",
-            "obbslim",
-            "--exist-ok",
-            "--noplots",
-        ]
+        cmd = [*obb, "train", "--data", str(data), "--model", args.model, "--epochs", str(args.epochs),
+               "--imgsz", str(args.size), "--batch", str(args.batch), "--workers", str(args.workers),
+               "--device", args.device, "--project", str(out), "--name", "obbslim", "--exist-ok", "--noplots"]
         t = run(cmd + (["--hyp", args.hyp] if args.hyp else []), out / "obbslim_train.log")
         (out / "obbslim_time.txt").write_text(f"{t:.1f}\n")
         weights = run_dir / "weights" / "best.pt"
-        cmd = [
-            *obb,
-            "detect",
-            "--weights",
-            str(weights),
-            "--source",
-            str(synth / "images" / "val"),
-            "--imgsz",
-            str(args.size),
-            "--conf",
-            "0.001",
-            "--device",
-            args.device,
-            "--save-dota",
-            str(run_dir / "task1"),
-        ]
+        cmd = [*obb, "detect", "--weights", str(weights), "--source", str(synth / "images" / "val"),
+               "--imgsz", str(args.size), "--conf", "0.001", "--device", args.device,
+               "--save-dota", str(run_dir / "task1")]
         run(cmd, out / "obbslim_detect.log")
     rows[f"obbslim {Path(args.model).stem}"] = {
         **score(run_dir / "task1", synth / "labelTxt" / "val"),
@@ -187,15 +144,8 @@ def main() -> None:
     if args.peer_python:
         peer_out = out / "peer"
         log = out / "peer.log"
-        cmd = [
-            args.peer_python,
-            args.peer_script,
-            str(synth),
-            str(peer_out),
-            str(args.epochs),
-            str(args.size),
-            args.peer_model,
-        ]
+        cmd = [args.peer_python, args.peer_script, str(synth), str(peer_out), str(args.epochs),
+               str(args.size), args.peer_model]
         run(cmd, log)
         m = re.search(r"trained \d+ epochs in (\d+)s", log.read_text())
         rows[f"Ultralytics {Path(args.peer_model).stem}"] = {
