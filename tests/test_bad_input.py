@@ -197,7 +197,7 @@ HYP_CASES = [
     ("degrees: 90\nlr0: fast\n", "h.yaml:2: lr0: expected a number, got 'fast'"),
     ("lr: 0.01\n", "h.yaml:1: unknown hyperparameter 'lr' (did you mean 'lr0' or 'lrf'?)"),
     ("moasic: 0.5\n", "unknown hyperparameter 'moasic' (did you mean 'mosaic'?)"),
-    ("box_loss: iou\n", "h.yaml:1: box_loss: expected one of ciou, probiou, kld, got 'iou'"),
+    ("box_loss: iou\n", "h.yaml:1: box_loss: expected one of ciou, rciou, probiou, kld, got 'iou'"),
     ("mosaic: 2\n", "h.yaml:1: mosaic: expected a value in [0, 1], got 2"),
     ("nbs: 6.5\n", "h.yaml:1: nbs: expected a whole number, got 6.5"),
     ("fliplr: true\n", "h.yaml:1: fliplr: expected a number, got True"),

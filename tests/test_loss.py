@@ -244,7 +244,7 @@ BIN_M69 = -math.pi / 2 + 21 * math.pi / 180
 TARGETS = torch.tensor([[0, 2, 18.0, 14.0, 16.0, 8.0, BIN17], [1, 0, 40.0, 44.0, 30.0, 12.0, BIN_M69]])
 
 
-@pytest.mark.parametrize("box_loss", ["ciou", "probiou", "kld"])
+@pytest.mark.parametrize("box_loss", ["ciou", "rciou", "probiou", "kld"])
 def test_matched_prediction_gives_small_loss(box_loss):
     crit = OBBLoss(Head(), {"box_loss": box_loss})
     preds = matched_preds(crit, TARGETS, bs=2)

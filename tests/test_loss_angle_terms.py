@@ -81,3 +81,23 @@ def test_rotated_objectness_target_is_the_rotated_iou_at_the_argmax_bin():
     assert box._obj_score(torch.tensor([0.3, -0.2]), pbox, logits, tbox, ttheta).tolist() == pytest.approx(
         [0.3, 0.0]
     )
+
+
+def test_rciou_is_the_ciou_of_the_box_turned_to_the_target_angle():
+    """rciou's IoU part is shapely's IoU of the predicted box at the target's angle, whatever the
+    angle; plain CIoU reads the centre offset in image axes and misses it on a turned box."""
+    tbox = torch.tensor([[10.0, 20.0, 30.0, 6.0]])
+    pbox = torch.tensor([[10.0, 22.0, 28.0, 7.0]])  # 2 px off in image y
+    rciou = OBBLoss(Head(), {"box_loss": "rciou"})._box_loss
+    ciou = OBBLoss(Head(), {"box_loss": "ciou"})._box_loss
+    logits = sharp_logits([0.0])  # (not read by either)
+    for deg in (0.0, 30.0, 90.0, -60.0):
+        th = torch.tensor([math.radians(deg)])
+        p, t = (Polygon(ops.rbox2poly(torch.cat((b, th[:, None]), 1)).reshape(4, 2).tolist())
+                for b in (pbox, tbox))
+        iou = p.intersection(t).area / p.union(t).area
+        # CIoU = IoU - centre and aspect penalties: at most the IoU, and close to it for a 2 px offset
+        assert iou - 0.06 < rciou(pbox, logits, tbox, th).item() <= iou + 1e-6
+    # a vertical long box, 2 px off in image x (across it): most of the overlap is lost
+    across, vertical = torch.tensor([[12.0, 20.0, 30.0, 6.0]]), torch.tensor([math.pi / 2])
+    assert rciou(across, logits, tbox, vertical).item() < 0.5 < ciou(across, logits, tbox, vertical).item()

@@ -433,6 +433,52 @@ def test_sigterm_leaves_a_usable_last_pt(synth, tiny_spec, tmp_path):
     assert torch.isfinite(decoded).all()
 
 
+def test_a_failed_run_with_loader_workers_still_lets_the_process_exit(synth, tiny_spec, tmp_path):
+    """The loader workers persist across epochs and ignore SIGTERM; a run that raises while its
+    traceback stays referenced (as pytest keeps it) must still end them, or the exit would hang."""
+    script = f"""
+from obbslim.engine.callbacks import Callback
+from obbslim.engine.train import train
+class Boom(Callback):
+    def after_epoch(self, state, epoch):
+        raise RuntimeError("boom")
+kept = []
+try:
+    train(data={str(synth)!r}, model={str(tiny_spec)!r}, epochs=3, imgsz=64, batch=2, device="cpu",
+          workers=2, hyp={FAST_HYP!r}, project={str(tmp_path / "runs")!r}, name="boom", verbose=False,
+          noplots=True, callbacks=[Boom()])
+except RuntimeError as e:
+    kept.append(e)  # the traceback holds the run's frames, and with them its loaders
+print("raised", kept[0])
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0 and "raised boom" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_new_mosaic_schedule_restarts_the_persistent_workers(synth):
+    """The workers hold a copy of the dataset: when time_limit moves the close_mosaic epoch, the next
+    pass must run in fresh workers that see it."""
+    from types import SimpleNamespace
+
+    from obbslim.data.dataset import build_dataloader
+    from obbslim.engine.train import _close_mosaic
+
+    loader = build_dataloader(synth, "train", 64, 2, augment=True, hyp=FAST_HYP, workers=1,
+                              persistent_workers=True)
+    state = SimpleNamespace(train_loader=loader, epochs=10, hyp={"close_mosaic": 2})
+    _close_mosaic(state)
+    list(loader)
+    workers = loader._iterator._workers
+    _close_mosaic(state)  # unchanged: the same workers go on
+    assert loader._iterator._workers is workers and loader.dataset.mosaic_epochs == 8
+    state.epochs = 6
+    _close_mosaic(state)
+    assert loader._iterator is None and not any(w.is_alive() for w in workers)
+    assert loader.dataset.mosaic_epochs == 4
+
+
 def test_cli_train_in_process(synth, tiny_spec, tmp_path):
     from obbslim.cli import main
 

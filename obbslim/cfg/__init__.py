@@ -29,7 +29,7 @@ HYP_FILE = Path(__file__).resolve().parent / "hyp.default.yaml"
 # text values: the choices the code knows
 CHOICES: dict[str, tuple[str, ...]] = {
     "csl_window": ("gaussian", "triangle", "rect"),
-    "box_loss": ("ciou", "probiou", "kld"),
+    "box_loss": ("ciou", "rciou", "probiou", "kld"),
     "optimizer": ("SGD", "Adam", "AdamW", "auto"),
     "lr_schedule": ("cosine", "linear"),
     "theta_loss": ("bce", "ce"),

@@ -44,7 +44,9 @@ from obbslim.errors import InputError
 from obbslim.ops import poly_area
 from obbslim.utils.threads import default_workers
 
-__all__ = ["OBBDataset", "collate_fn", "build_dataloader", "EpochSampler", "RectBatchSampler", "set_epoch"]
+__all__ = [
+    "OBBDataset", "collate_fn", "build_dataloader", "EpochSampler", "RectBatchSampler", "set_epoch", "close_workers",
+]
 
 LOGGER = logging.getLogger("obbslim")
 
@@ -277,6 +279,18 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
     """Make the next pass over ``loader`` use ``epoch`` (augmentation and shuffle order)."""
     sampler = loader.batch_sampler if isinstance(loader.batch_sampler, RectBatchSampler) else loader.sampler
     sampler.set_epoch(epoch)
+
+
+def close_workers(loader: DataLoader | None) -> None:
+    """Stop a loader's persistent workers now; the next pass starts fresh ones (that see the dataset's
+    current attributes). Call it when a run ends, also by an error: the workers ignore SIGTERM (see
+    :func:`_worker_init`), so a loader kept alive until interpreter exit (by a stored traceback, say)
+    would block the exit while multiprocessing waits for them."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    if loader is not None:
+        loader._iterator = None
 
 
 def _worker_init(worker_id: int) -> None:

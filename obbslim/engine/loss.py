@@ -7,9 +7,10 @@
   within ``anchor_t`` (``max(r, 1/r) < 4``) and to its own grid cell plus the two nearest neighbour
   cells (offset 0.5), exactly as YOLOv5 does with horizontal (w, h); it is a separate method so the
   distillation code can reuse the assignment;
-- box: ``1 - CIoU`` of (cx, cy, long, short) treated as axis-aligned boxes (the paper's default) or a
-  rotation-aware ``1 - ProbIoU`` / KLD loss on the rotated box (``hyp['box_loss']``) whose predicted
-  angle enters through the expected rotation of the softmax over the bins (:func:`soft_rotation`);
+- box: ``1 - CIoU`` of (cx, cy, long, short) treated as axis-aligned boxes (the paper's default), the
+  same CIoU with the centre offset read in the target box's frame (``rciou``), or a rotation-aware
+  ``1 - ProbIoU`` / KLD loss on the rotated box (``hyp['box_loss']``) whose predicted angle enters
+  through the expected rotation of the softmax over the bins (:func:`soft_rotation`);
 - objectness: BCE against the detached, clamped IoU at the assigned cells (``gr = 1``), per-level
   balance ``[4.0, 1.0, 0.4]``;
 - class: BCE with optional label smoothing (only when ``nc > 1``, as YOLOv5);
@@ -29,7 +30,7 @@ import torch.nn as nn
 from obbslim import ops
 from obbslim.cfg import load_hyp
 
-BOX_LOSSES = ("ciou", "probiou", "kld")
+BOX_LOSSES = ("ciou", "rciou", "probiou", "kld")
 BALANCE = [4.0, 1.0, 0.4]  # objectness weight per level P3, P4, P5 (YOLOv5, 3 levels)
 
 
@@ -77,6 +78,21 @@ def bbox_ciou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torc
     with torch.no_grad():
         alpha = v / (v - iou + 1).clamp(min=eps)  # identical boxes: v = 0, iou = 1 -> 0, not 0/0
     return iou - (rho2 / c2 + v * alpha)
+
+
+def _in_target_frame(pbox: torch.Tensor, tbox: torch.Tensor, ttheta: torch.Tensor):
+    """Both (cx, cy, long, short) boxes with the centres in the target box's own frame (origin at its
+    centre, x along its long side). There the target is axis-aligned, and CIoU is the rotated box's
+    CIoU with the predicted box turned to the target angle: a centre offset across a long thin box
+    costs what it costs the overlap. Plain CIoU reads the offset in image axes, as if every box lay
+    at angle 0, so it teaches the offset across a vertical ship as cheaply as one along it."""
+    d = pbox[:, :2] - tbox[:, :2]
+    c, s = torch.cos(ttheta).to(d.dtype), torch.sin(ttheta).to(d.dtype)
+    u, v = d[:, 0] * c + d[:, 1] * s, d[:, 1] * c - d[:, 0] * s
+    zero = torch.zeros_like(u)
+    p = torch.stack((u, v, pbox[:, 2], pbox[:, 3]), 1)
+    t = torch.stack((zero, zero, tbox[:, 2], tbox[:, 3]), 1)
+    return p, t
 
 
 def _gaussian(rboxes: torch.Tensor, rot2: tuple[torch.Tensor, torch.Tensor] | None = None):
@@ -289,6 +305,8 @@ class OBBLoss:
         kind = self.hyp["box_loss"]
         if kind == "ciou":
             return bbox_ciou(pbox, tbox)
+        if kind == "rciou":
+            return bbox_ciou(*_in_target_frame(pbox, tbox, ttheta))
         gp = _gaussian(pbox, soft_rotation(theta_logits))
         gt = _gaussian(torch.cat((tbox, ttheta[:, None].to(tbox.dtype)), 1))
         if kind == "probiou":

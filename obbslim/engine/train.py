@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from obbslim.cfg import load_hyp
-from obbslim.data.dataset import build_dataloader, set_epoch
+from obbslim.data.dataset import build_dataloader, close_workers, set_epoch
 from obbslim.data.labels import load_data_yaml, load_split
 from obbslim.data.show import plot_batch, plot_labels
 from obbslim.engine import distributed as ddp
@@ -167,10 +167,15 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback]) -> dict[str, Any]:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     ddp.init(info, dev)
+    state = None
     try:  # from here on SIGINT/SIGTERM stop cleanly at the next step; the run folder is locked until the end
         with StopRequest() as stop, ExitStack() as locks:
-            return fit(build_state(cfg, list(callbacks), info, dev, locks), stop)
+            state = build_state(cfg, list(callbacks), info, dev, locks)
+            return fit(state, stop)
     finally:
+        if state is not None:  # the loaders' workers persist across epochs: they end with the run
+            close_workers(state.train_loader)
+            close_workers(state.val_loader)
         ddp.cleanup(info)
 
 
@@ -742,6 +747,7 @@ def _build_loaders(state: TrainState, train_samples: list, val_samples: list) ->
         rank=info.rank,
         world_size=info.world_size,
         pin_memory=cuda,
+        persistent_workers=True,  # forking workers every epoch costs ~0.3 s of a 15 s epoch (CPU, 320 px)
     )
     if info.main and val_samples:
         state.val_loader = build_dataloader(
@@ -753,6 +759,7 @@ def _build_loaders(state: TrainState, train_samples: list, val_samples: list) ->
             hyp=state.hyp,
             workers=cfg.workers,
             seed=cfg.seed,
+            persistent_workers=True,
         )
     _close_mosaic(state)
     nb, hyp = len(state.train_loader), state.hyp
@@ -763,7 +770,11 @@ def _build_loaders(state: TrainState, train_samples: list, val_samples: list) ->
 
 def _close_mosaic(state: TrainState) -> None:
     """The last ``close_mosaic`` epochs of the schedule see whole images (no mosaic), as at test time."""
-    state.train_loader.dataset.mosaic_epochs = state.epochs - int(state.hyp["close_mosaic"])
+    dataset = state.train_loader.dataset
+    mosaic_epochs = state.epochs - int(state.hyp["close_mosaic"])
+    if getattr(dataset, "mosaic_epochs", None) != mosaic_epochs:
+        close_workers(state.train_loader)  # the persistent workers hold a copy of the dataset
+        dataset.mosaic_epochs = mosaic_epochs
 
 
 def _open_run_dir(state: TrainState, fresh: bool, train_samples: list, n_val: int) -> None:
