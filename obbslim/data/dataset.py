@@ -45,7 +45,8 @@ from obbslim.ops import poly_area
 from obbslim.utils.threads import default_workers
 
 __all__ = [
-    "OBBDataset", "collate_fn", "build_dataloader", "EpochSampler", "RectBatchSampler", "set_epoch", "close_workers",
+    "OBBDataset", "collate_fn", "build_dataloader", "EpochSampler", "RectBatchSampler", "set_epoch",
+    "close_workers",
 ]
 
 LOGGER = logging.getLogger("obbslim")
