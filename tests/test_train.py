@@ -457,6 +457,32 @@ print("raised", kept[0])
     assert r.returncode == 0 and "raised boom" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("threads, omp, expected", [(None, "", 3), (None, "1", 1), (2, "", 2)])
+def test_validation_uses_the_core_kept_for_the_idle_loader_workers(monkeypatch, threads, omp, expected):
+    """Training keeps a core for the loader workers; they idle while the epoch's validation runs, so it
+    takes every core, unless --threads or OMP_NUM_THREADS says otherwise."""
+    from types import SimpleNamespace
+
+    import obbslim.engine.train as engine
+    import obbslim.utils.threads as th
+
+    seen = []
+
+    def fake_validate(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return {"mAP50": 0.5, "mAP50_voc12": 0.5, "mAP50_95": 0.3, "precision": 0.5, "recall": 0.5}
+
+    monkeypatch.setattr(th, "cpu_count", lambda: 3)
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    monkeypatch.setattr(engine, "validate", fake_validate)
+    state = SimpleNamespace(ema=SimpleNamespace(ema=None), val_loader=None, names=[], criterion=None,
+                            amp=False, cfg=SimpleNamespace(threads=threads, verbose=False), best_fitness=0.0,
+                            epoch=0, best_epoch=-1, log=lambda msg: None)
+    before = torch.get_num_threads()
+    engine.validate_epoch(state, final=False)
+    assert seen == [expected] and torch.get_num_threads() == before
+
+
 def test_a_new_mosaic_schedule_restarts_the_persistent_workers(synth):
     """The workers hold a copy of the dataset: when time_limit moves the close_mosaic epoch, the next
     pass must run in fresh workers that see it."""
