@@ -288,10 +288,11 @@ def close_workers(loader: DataLoader | None) -> None:
     :func:`_worker_init`), so a loader kept alive until interpreter exit (by a stored traceback, say)
     would block the exit while multiprocessing waits for them."""
     it = getattr(loader, "_iterator", None)
-    if it is not None and hasattr(it, "_shutdown_workers"):
+    if it is None:
+        return
+    if hasattr(it, "_shutdown_workers"):  # (a single-process iterator has no workers)
         it._shutdown_workers()
-    if loader is not None:
-        loader._iterator = None
+    loader._iterator = None
 
 
 def _worker_init(worker_id: int) -> None:
