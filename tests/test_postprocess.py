@@ -42,7 +42,13 @@ def test_conf_filter_nms_per_class_and_normalisation():
     assert d["cls"].dtype == torch.int64
     assert d["scores"].tolist() == pytest.approx([0.81, 0.72, 0.3])
     assert d["cls"].tolist() == [0, 1, 1]
-    assert d["rboxes"][0].tolist() == pytest.approx([50, 50, 20, 10, 0.0])
+    # merge-NMS: A becomes the score-weighted mean of A and B, the box it suppressed
+    x_ab = (50 * 0.81 + 51 * 0.72) / 1.53
+    assert d["rboxes"][0].tolist() == pytest.approx([x_ab, 50, 20, 10, 0.0], abs=1e-5)
+    plain = postprocess(img0[None], conf_thr=0.01, iou_thr=0.4, merge=False)[0]
+    assert plain["rboxes"][0].tolist() == pytest.approx([50, 50, 20, 10, 0.0])
+    assert plain["scores"].tolist() == d["scores"].tolist()
+    assert torch.equal(plain["rboxes"][1:], d["rboxes"][1:])  # boxes that suppressed nothing: untouched
     # E normalised: long side first, theta + pi/2 folded into [-pi/2, pi/2)
     assert d["rboxes"][2].tolist() == pytest.approx([100, 100, 30, 10, 0.2 + math.pi / 2 - math.pi], abs=1e-6)
     assert out[1]["rboxes"].shape == (0, 5) and out[1]["scores"].shape == (0,) and out[1]["cls"].shape == (0,)

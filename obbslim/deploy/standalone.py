@@ -10,8 +10,9 @@ Copy this one file next to the .onnx file on the deployment machine::
 
 Same steps as the PyTorch path: letterbox (grey 114, RGB, 0..1), the graph (model + decode), then
 confidence filter (obj > conf, score = obj x best class > conf), best `max_nms` candidates, rotated
-NMS per class (greedy, exact polygon IoU, a box is dropped when IoU > iou), `max_det` best kept.
-The NMS is a plain numpy loop: fine for a few thousand candidates, not a hot path.
+NMS per class (greedy, exact polygon IoU, a box is dropped when IoU > iou), `max_det` best kept, each
+merged with the boxes of its class it overlaps (merge-NMS, `merge=False` to skip).
+The NMS and the merge are plain numpy loops: fine for a few thousand candidates, not a hot path.
 """
 
 from __future__ import annotations
@@ -102,8 +103,36 @@ def nms_rotated(rboxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> np.nd
     return np.array(keep, np.int64)
 
 
+def merge_rotated(rboxes: np.ndarray, scores: np.ndarray, cls: np.ndarray, keep: np.ndarray, iou_thr: float,
+                  min_ratio: float = 0.1) -> np.ndarray:
+    """Each kept box -> the score-weighted mean of the boxes of its class with IoU > iou_thr (itself
+    included) that score at least min_ratio of it; sides and angle averaged as R diag(w, h) R^T, which
+    does not change when w and h swap or theta moves by pi (as obbslim.ops.merge_rotated)."""
+    r = rboxes.astype(np.float64)
+    polys = rbox2poly(r).reshape(-1, 4, 2)
+    area, rad = r[:, 2] * r[:, 3], 0.5 * np.hypot(r[:, 2], r[:, 3])
+    out = r[keep].copy()
+    for n, i in enumerate(keep):
+        near = (cls == cls[i]) & (scores >= min_ratio * scores[i])
+        near &= np.hypot(*(r[:, :2] - r[i, :2]).T) < rad + rad[i]
+        near[i] = False
+        cand = np.flatnonzero(near)
+        inter = np.array([_clip_area(polys[j], polys[i]) for j in cand], np.float64)
+        mem = cand[inter / np.maximum(area[i] + area[cand] - inter, 1e-12) > iou_thr]
+        if len(mem) == 0:
+            continue
+        m = np.concatenate(([i], mem))
+        w, (x, y, a, b, t) = scores[m].astype(np.float64), r[m].T
+        c, s = np.cos(t), np.sin(t)
+        mean = np.stack((x, y, a * c * c + b * s * s, (a - b) * c * s, a * s * s + b * c * c)) @ w / w.sum()
+        mid, half = (mean[2] + mean[4]) / 2, math.hypot((mean[2] - mean[4]) / 2, mean[3])
+        theta = 0.5 * math.atan2(2 * mean[3], mean[2] - mean[4])
+        out[n] = (mean[0], mean[1], mid + half, max(mid - half, 0.0), theta)
+    return norm_rbox(out).astype(rboxes.dtype)
+
+
 def postprocess(pred: np.ndarray, conf: float = 0.25, iou: float = 0.4, max_det: int = 300,
-                max_nms: int = 30000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                max_nms: int = 30000, merge: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decoded [N, 6 + nc] of one image -> (rboxes [n, 5], scores [n], cls [n]), best first."""
     x = pred[pred[:, 5] > conf]
     s = x[:, 6:] * x[:, 5:6]
@@ -118,7 +147,7 @@ def postprocess(pred: np.ndarray, conf: float = 0.25, iou: float = 0.4, max_det:
     off = rb.copy()  # per-class NMS: shift each class far away from the others
     off[:, :2] += j[:, None] * (4.0 * (np.abs(rb[:, :4]).max() if len(rb) else 1.0) + 1.0)
     k = nms_rotated(off, sc, iou)[:max_det]
-    return rb[k], sc[k], j[k]
+    return (merge_rotated(rb, sc, j, k, iou) if merge else rb[k]), sc[k], j[k]
 
 
 class Detector:

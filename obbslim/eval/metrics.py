@@ -54,6 +54,7 @@ def validate(
     verbose: bool = False,
     progress: bool = True,
     timer: dict[str, float] | None = None,
+    merge: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``dataloader`` (an obbslim validation loader; its dataset's ``samples`` hold
     the ground truth in original pixels). Returns ``{mAP50, mAP50_voc12, mAP50_95, precision, recall,
@@ -61,6 +62,7 @@ def validate(
 
     The model may be an EMA copy, a loaded checkpoint or a model in training (DDP-wrapped too): it runs
     in eval mode and gets its previous mode back. ``half`` runs the forward under CUDA autocast.
+    ``merge``: merge-NMS (``inference.postprocess``), as ``obbslim detect`` and ``val`` by default.
     mAPs average over the classes present in the split's ground truth (the DOTA devkit default).
     ``timer``: a dict that gets seconds added under ``preprocess`` (to device, to float), ``inference``,
     ``nms`` (postprocess and un-letterbox) and the count of ``images`` (for per-image speeds).
@@ -93,7 +95,7 @@ def validate(
             nb += 1
         t2b = time.perf_counter()  # the loss is neither inference nor NMS
         outs = postprocess(decoded.float(), conf_thr=conf_thr, iou_thr=iou_thr, max_det=max_det,
-                           multi_label=True, nc=nc)
+                           multi_label=True, nc=nc, merge=merge)
         for out, f, rp in zip(outs, files, ratio_pads):
             s = by_file[str(f)]
             rb = scale_rboxes(out["rboxes"], rp, imgs.shape[2:], s.shape[:2]).cpu()

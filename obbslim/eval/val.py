@@ -160,7 +160,7 @@ def _val_split(cfg: ValConfig) -> dict:
     timer: dict[str, float] = {}
     half = cfg.half and dev.type == "cuda"
     m = validate(model, loader, d["names"], cfg.conf, cfg.iou, cfg.max_det, half=half, progress=cfg.progress,
-                 timer=timer)  # fmt: skip
+                 timer=timer, merge=cfg.merge)  # fmt: skip
     n = max(timer.get("images", 0), 1)
     return {
         "res07": m["voc07"],
@@ -227,7 +227,7 @@ def _val_full_images(cfg: ValConfig, run_dir: Path, detector: Any) -> dict:
         seen[stem] = name
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
-        tile=cfg.imgsz, gap=cfg.gap, half=cfg.half, batch=cfg.batch, multi_label=True,
+        tile=cfg.imgsz, gap=cfg.gap, half=cfg.half, batch=cfg.batch, multi_label=True, merge=cfg.merge,
         rates=cfg.rates, flip=cfg.flip,
     )  # fmt: skip
     check_names(det.names, "class name", None if detector else cfg.weights)

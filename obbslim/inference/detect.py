@@ -180,7 +180,7 @@ def _detect(cfg: DetectConfig, detector: Detector | None) -> dict[str, Any]:
         check_stems(files, task1=cfg.save_dota is not None, ids=ids)
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
-        tile=cfg.tile, gap=cfg.gap, half=cfg.half, batch=cfg.batch,
+        tile=cfg.tile, gap=cfg.gap, half=cfg.half, batch=cfg.batch, merge=cfg.merge,
         rates=cfg.rates, flip=cfg.flip,
     )  # fmt: skip
     if cfg.save_dota is not None:  # class names become Task1_<name>.txt: checked before any work

@@ -179,7 +179,8 @@ class Detector:
     a ``gap >= tile`` is an error; a stride ``tile - gap`` under half the tile is warned about). The
     options are checked as :class:`~obbslim.options.DetectConfig` checks them (``conf`` in [0, 1], ...).
     ``half`` runs fp16 on CUDA (ignored on CPU). ``batch`` windows go through the network at once.
-    ``merge_iou`` is the IoU of the tile merge (0.1, the DOTA devkit's).
+    ``merge``: merge-NMS within each window (``inference.postprocess``); ``merge_iou`` is the IoU of
+    the tile merge (0.1, the DOTA devkit's), which keeps the best box across windows as it is.
     ``rates`` (default ``(1.0,)``): multi-scale inference, every image resized by each rate and tiled;
     then an image smaller than the tile at some rate is zero-padded to the tile as ``obbslim split``
     does, not enlarged to ``imgsz``, so that the rate alone sets the scale (with the single rate 1.0 a
@@ -205,6 +206,7 @@ class Detector:
         half: bool = False,
         batch: int = 8,
         theta_refine: bool = False,
+        merge: bool = True,
         merge_iou: float = 0.1,
         multi_label: bool = False,
         names: Sequence[str] | None = None,
@@ -238,6 +240,7 @@ class Detector:
             )
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
         self.batch = int(batch)
+        self.merge = bool(merge)
         self.merge_iou = float(merge_iou)
         self.multi_label = bool(multi_label)
         self.half = bool(half) and self.device.type == "cuda" and self.backend == "torch"
@@ -326,6 +329,7 @@ class Detector:
             theta_refine=self.theta_refine,
             multi_label=self.multi_label,
             nc=self.nc or None,
+            merge=self.merge,
         )
         res = []
         for o, win in zip(outs, wins):

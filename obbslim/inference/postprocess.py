@@ -24,6 +24,7 @@ def postprocess(
     multi_label: bool = False,
     nbins: int = 180,
     nc: int | None = None,
+    merge: bool = True,
 ) -> list[dict[str, torch.Tensor]]:
     """Confidence filter + rotated NMS, like YOLOv5's ``non_max_suppression`` for rboxes.
 
@@ -37,6 +38,9 @@ def postprocess(
     the bin angles within +-2 bins of the peak, weighted by their probabilities.
     A decoded tensor without the theta-probability columns, ``[B, N, 6 + nc]`` (the ONNX export's
     output), is accepted with ``nbins=0`` or with ``nc`` given; ``theta_refine`` then cannot be used.
+    ``merge`` (merge-NMS, :func:`obbslim.ops.merge_rotated`): each kept box becomes the score x IoU
+    weighted mean of the boxes of its class it overlaps by more than ``iou_thr``; ``False`` keeps the
+    best-scored box as it is (plain NMS). Scores and order do not change.
     """
     if nc is None:
         nc = decoded.shape[-1] - 6 - nbins
@@ -71,7 +75,9 @@ def postprocess(
         else:
             keep = ops.nms_rotated(rb, conf, iou_thr, max_keep=max_det)
         keep = keep[:max_det]
-        out.append({"rboxes": rb[keep], "scores": conf[keep], "cls": cls[keep]})
+        groups = cls if nms_per_class else None
+        boxes = ops.merge_rotated(rb, conf, keep, iou_thr, groups) if merge else rb[keep]
+        out.append({"rboxes": boxes, "scores": conf[keep], "cls": cls[keep]})
     return out
 
 

@@ -9,6 +9,7 @@ from obbslim.ops.boxes import flip_rboxes, norm_rbox, poly2rbox, rbox2poly
 from obbslim.ops.csl import csl_bin, csl_bin_angle, csl_decode, csl_encode, csl_refine
 from obbslim.ops.geometry import poly_area, quad_area
 from obbslim.ops.iou import poly_iou, rbox_iou
+from obbslim.ops.merge import merge_rotated
 from obbslim.ops.nms import batched_nms_rotated, nms_rotated
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "poly_iou",
     "nms_rotated",
     "batched_nms_rotated",
+    "merge_rotated",
     "csl_encode",
     "csl_decode",
     "csl_refine",

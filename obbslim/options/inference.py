@@ -39,6 +39,8 @@ class DetectConfig(Options):
                              check=at_least(0))  # fmt: skip
     conf: float = option(0.25, "confidence threshold", check=FRACTION)
     iou: float = option(0.4, "NMS IoU threshold", check=FRACTION)
+    merge: bool = option(True, "plain NMS: keep each cluster's best box as it is, not the score-weighted "
+                         "mean of the boxes it suppresses (merge-NMS)", flag="--no-merge")  # fmt: skip
     max_det: int = option(1000, "detections kept per image", check=COUNT)
     batch: int = option(8, "network inputs (tiles) per forward pass", check=COUNT)
     threads: int | None = threads_option()
@@ -73,6 +75,8 @@ class ValConfig(Options):
     batch: int = option(16, "images (tiles) per forward pass", check=COUNT)
     conf: float = option(0.001, "confidence threshold", check=FRACTION)
     iou: float = option(0.4, "NMS IoU threshold", check=FRACTION)
+    merge: bool = option(True, "plain NMS, without merging each kept box with the boxes it suppresses",
+                         flag="--no-merge")  # fmt: skip
     max_det: int = option(300, "detections kept per image (per tile)", check=COUNT)
     device: str | None = option(None, "cpu, 0, cuda:1 (default: GPU 0 if available)")
     half: bool = option(False, "fp16 inference (CUDA only)")

@@ -1,0 +1,78 @@
+"""Merge-NMS for rotated boxes: each box NMS keeps becomes the weighted mean of the boxes it suppressed.
+
+YOLOv5 assigns every object to up to nine anchor positions, so NMS sees a cluster of boxes per object
+whose errors are partly independent; the single best-scored one is often not the best placed. Averaging
+the cluster (YOLOv5's ``merge=True``, weights score x IoU with the kept box) keeps the ranking and cuts
+the spread of the sides, centre and angle: on obbslim's synthetic tasks AP75 rose by 37-100% (README,
+"Merge-NMS").
+
+Sides and angle are averaged as the symmetric matrix ``R(theta) diag(w, h) R(theta)^T``: it does not
+change when (w, h, theta) is written as (h, w, theta + pi/2) or theta moves by pi, so near-square
+boxes whose long side flips between members, and angles either side of +-pi/2, average correctly.
+Its eigenvalues are the sides, its first eigenvector the long side's direction.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from obbslim.ops.boxes import _norm
+from obbslim.ops.nms import _Boxes, _filter_geo, _may_suppress  # NMS's own tests of IoU > t
+
+__all__ = ["merge_rotated"]
+
+
+def _side_matrix(r: torch.Tensor) -> torch.Tensor:
+    """``[N, 5]`` rboxes -> ``[N, 3]`` (a, b, c) of ``R diag(w, h) R^T = [[a, b], [b, c]]``."""
+    c, s = torch.cos(r[:, 4]), torch.sin(r[:, 4])
+    w, h = r[:, 2], r[:, 3]
+    return torch.stack((w * c * c + h * s * s, (w - h) * c * s, w * s * s + h * c * c), -1)
+
+
+def _from_side_matrix(m: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(a, b, c) -> (w, h, theta): the eigenvalues of ``[[a, b], [b, c]]``, its first eigenvector's angle."""
+    a, b, c = m.unbind(-1)
+    mid, rad = (a + c) / 2, torch.hypot((a - c) / 2, b)
+    return mid + rad, (mid - rad).clamp(min=0), 0.5 * torch.atan2(2 * b, a - c)
+
+
+def merge_rotated(
+    rboxes: torch.Tensor,
+    scores: torch.Tensor,
+    keep: torch.Tensor,
+    iou_thr: float,
+    groups: torch.Tensor | None = None,
+    min_ratio: float = 0.1,
+) -> torch.Tensor:
+    """The kept boxes ``rboxes[keep]``, each replaced by the mean of the boxes of its group (class) that
+    overlap it by IoU > ``iou_thr`` (itself included), weighted by score. Returns ``[len(keep), 5]``:
+    merged boxes normalised, a box that overlaps nothing exactly as it was. ``rboxes`` ``[N, 5]``
+    (normalised, as NMS gets them), ``scores`` ``[N]``, ``groups`` ``[N]`` (None: one group).
+    ``min_ratio``: members score at least this fraction of the kept box's score (a long tail of
+    near-zero boxes would otherwise move it, and the result would depend on the confidence threshold).
+    IoU is computed only for pairs that pass NMS's cheap bounds, so the cost follows the clusters' size.
+    """
+    kept = rboxes[keep]
+    if kept.shape[0] == 0:
+        return kept
+    r = rboxes
+    near = scores[None] >= min_ratio * scores[keep, None]
+    if groups is not None:
+        near &= groups[keep, None] == groups[None]
+    i, j = near.nonzero(as_tuple=True)
+    geo = _filter_geo(r)
+    may = _may_suppress(geo, keep[i], j, iou_thr)
+    i, j = i[may], j[may]
+    over = _Boxes(r).suppress(keep[i], j, iou_thr)
+    i, j = i[over], j[over]
+    w = scores[j]
+    total = torch.zeros(kept.shape[0], dtype=r.dtype, device=r.device).index_add_(0, i, w)
+    members = torch.bincount(i, minlength=kept.shape[0])
+    alone = (members <= 1) | (total <= 0)  # nothing to average: the kept box exactly as it is
+    total = torch.where(alone, torch.ones_like(total), total)
+    summed = torch.zeros(kept.shape[0], 5, dtype=r.dtype, device=r.device)
+    summed.index_add_(0, i, w[:, None] * torch.cat((r[j, :2], _side_matrix(r[j])), 1))
+    mean = summed / total[:, None]
+    sw, sh, st = _from_side_matrix(mean[:, 2:])
+    merged = torch.stack((mean[:, 0], mean[:, 1], sw, sh, st), -1)
+    return torch.where(alone[:, None], kept, _norm(merged))
