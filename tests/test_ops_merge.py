@@ -19,13 +19,16 @@ def T(rows) -> torch.Tensor:
 
 def test_same_angle_boxes_average_centre_and_sides_by_score():
     r = T([[50, 50, 20, 10, 0.3], [52, 49, 24, 8, 0.3], [150, 50, 20, 10, 0.3]])
-    s = T([0.9, 0.3, 0.8])
+    s = T([0.9, 0.6, 0.8])
     out = ops.merge_rotated(r, s, torch.tensor([0, 2]), 0.4)
     # same angle: the second's centre is (1.615, -1.546) in the first's frame, overlap 20 x 7.454,
-    # IoU 149.1 / (200 + 192 - 149.1) = 0.61 > 0.4; weights 0.9 / 1.2 and 0.3 / 1.2
-    w = np.array([0.9, 0.3]) / 1.2
-    assert out[0].tolist() == pytest.approx([50.5, 49.75, w @ [20, 24], w @ [10, 8], 0.3], abs=1e-9)
+    # IoU 149.1 / (200 + 192 - 149.1) = 0.61 > 0.4; weights 0.9 / 1.5 and 0.6 / 1.5
+    assert out[0].tolist() == pytest.approx([50.8, 49.6, 21.6, 9.2, 0.3], abs=1e-9)
     assert torch.equal(out[1], r[2])  # nothing overlaps it: returned exactly
+    # a member scoring under half of the kept box is left out (min_ratio 0.5)
+    weak = ops.merge_rotated(r, T([0.9, 0.44, 0.8]), torch.tensor([0]), 0.4)
+    assert torch.equal(weak[0], r[0])
+    assert ops.merge_rotated(r, T([0.9, 0.44, 0.8]), torch.tensor([0]), 0.4, min_ratio=0.4)[0, 0] > 50
 
 
 def test_long_side_swap_and_the_angle_seam_average_as_the_same_rectangles():
