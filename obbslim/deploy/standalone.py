@@ -104,7 +104,7 @@ def nms_rotated(rboxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> np.nd
 
 
 def merge_rotated(rboxes: np.ndarray, scores: np.ndarray, cls: np.ndarray, keep: np.ndarray, iou_thr: float,
-                  min_ratio: float = 0.5) -> np.ndarray:
+                  min_ratio: float = 0.25) -> np.ndarray:
     """Each kept box -> the score-weighted mean of the boxes of its class with IoU > iou_thr (itself
     included) that score at least min_ratio of it; sides and angle averaged as R diag(w, h) R^T, which
     does not change when w and h swap or theta moves by pi (as obbslim.ops.merge_rotated)."""

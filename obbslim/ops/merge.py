@@ -42,15 +42,15 @@ def merge_rotated(
     keep: torch.Tensor,
     iou_thr: float,
     groups: torch.Tensor | None = None,
-    min_ratio: float = 0.5,
+    min_ratio: float = 0.25,
 ) -> torch.Tensor:
     """The kept boxes ``rboxes[keep]``, each replaced by the mean of the boxes of its group (class) that
     overlap it by IoU > ``iou_thr`` (itself included), weighted by score. Returns ``[len(keep), 5]``:
     merged boxes normalised, a box that overlaps nothing exactly as it was. ``rboxes`` ``[N, 5]``
     (normalised, as NMS gets them), ``scores`` ``[N]``, ``groups`` ``[N]`` (None: one group).
     ``min_ratio``: members score at least this fraction of the kept box's score: the confident part of
-    the cluster (0.5 measured best of 0.1 / 0.25 / 0.5 over 16 trained models; with 0.1 a long tail of
-    weak boxes, often from a neighbouring object, moves the box).
+    the cluster. 0.25 measured: over 19 trained models scored as ``detect`` runs, AP50 0.7885 / AP75
+    0.2431 (0.1: 0.7833 / 0.2456; 0.5: 0.7885 / 0.2356; plain NMS 0.7664 / 0.1551).
     IoU is computed only for pairs that pass NMS's cheap bounds, so the cost follows the clusters' size.
     """
     kept = rboxes[keep]
