@@ -137,7 +137,9 @@ class DistillConfig(SparseTrainConfig):
     teacher: str | Path | None = option(
         None, "teacher checkpoint .pt (same strides, nc, na, nbins; any widths)"
     )
-    kd_output: float = option(1.0, "weight of the output distillation (0 off)", check=non_negative())
+    kd_output: float = option(0.0, "weight of the output distillation (0 off, the default: a teacher the "
+                              "student outgrows holds it back; README, Distillation)",
+                              check=non_negative())  # fmt: skip
     kd_feature: float = option(1.0, "weight of the feature distillation (0 off)", check=non_negative())
     kd_temp: float = option(1.0, "output temperature T (classes, angle bins)", check=positive())
     kd_feature_type: str = option(
