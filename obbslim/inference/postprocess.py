@@ -38,9 +38,9 @@ def postprocess(
     the bin angles within +-2 bins of the peak, weighted by their probabilities.
     A decoded tensor without the theta-probability columns, ``[B, N, 6 + nc]`` (the ONNX export's
     output), is accepted with ``nbins=0`` or with ``nc`` given; ``theta_refine`` then cannot be used.
-    ``merge`` (merge-NMS, :func:`obbslim.ops.merge_rotated`): each kept box becomes the score x IoU
-    weighted mean of the boxes of its class it overlaps by more than ``iou_thr``; ``False`` keeps the
-    best-scored box as it is (plain NMS). Scores and order do not change.
+    ``merge`` (merge-NMS, :func:`obbslim.ops.merge_rotated`): each kept box becomes the score-weighted
+    mean of the boxes of its class it overlaps by more than ``iou_thr`` and that score at least a quarter
+    of it; ``False`` keeps the best-scored box as it is (plain NMS). Scores and order do not change.
     """
     if nc is None:
         nc = decoded.shape[-1] - 6 - nbins
