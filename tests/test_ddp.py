@@ -49,8 +49,7 @@ def test_ddp_two_cpu_processes(tmp_path):
         "--standalone",
         "--nproc_per_node",
         "2",
-        "-m",
-        "obbslim",
+        str(REPO / "tests" / "ddp_probe.py"),  # the obbslim CLI, reporting its teardown
         "train",
         "--data",
         str(data),
@@ -79,6 +78,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "x2 (DDP)" in p.stdout
+    assert p.stdout.count("DDP wrappers alive at teardown: 0") == 2, p.stdout[-2000:]  # no exit abort
     rows = ResultsCSV(tmp_path / "runs" / "exp" / "results.csv").read()
     assert len(rows) == 6
     # each epoch the two ranks together saw every training image exactly once (4 + 4)

@@ -171,11 +171,14 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback]) -> dict[str, Any]:
     try:  # from here on SIGINT/SIGTERM stop cleanly at the next step; the run folder is locked until the end
         with StopRequest() as stop, ExitStack() as locks:
             state = build_state(cfg, list(callbacks), info, dev, locks)
-            return fit(state, stop)
+            summary = fit(state, stop)
+            ddp.barrier(info)  # every rank tears down together
+            return summary
     finally:
         if state is not None:  # the loaders' workers persist across epochs: they end with the run
             close_workers(state.train_loader)
             close_workers(state.val_loader)
+        state = None  # the DDP wrapper holds the process group: drop it before destroying the group
         ddp.cleanup(info)
 
 
