@@ -17,6 +17,7 @@ from obbslim.data.augment import (
     affine_matrix,
     augment_hsv,
     filter_polys,
+    flip_diag,
     flip_lr,
     flip_ud,
     letterbox,
@@ -182,6 +183,19 @@ def test_flips_cover_objects(img3, flip):
     np.testing.assert_allclose(p2, polys, atol=1e-4)
 
 
+def test_flip_diag_covers_objects_and_is_its_own_inverse():
+    img, polys = scene(224, 224, RB, HUES[:3])
+    out, p = flip_diag(img, polys)
+    assert out.shape == img.shape and out[10, 200].tolist() == img[200, 10].tolist()  # pixel (x, y) -> (y, x)
+    for k in range(3):
+        check_covered(out, p[k], HUES[k])
+    back, p2 = flip_diag(out, p)
+    np.testing.assert_array_equal(back, img)
+    np.testing.assert_allclose(p2, polys, atol=1e-4)
+    with pytest.raises(ValueError, match="square"):
+        flip_diag(np.zeros((160, 224, 3), np.uint8), polys)
+
+
 def test_hsv_changes_colours_not_geometry(img3):
     img, polys = img3
     assert augment_hsv(img, np.random.default_rng(0), 0, 0, 0) is img
@@ -260,6 +274,19 @@ def test_flip_ud_negates_theta(rb):
     assert_convention(r2)
     np.testing.assert_allclose(r2[0, :4], [cx, 160 - cy, w, w * ratio], atol=1e-2)
     assert abs(angle_diff(r2[0, 4], -t)) < 1e-3
+
+
+@settings(max_examples=60, deadline=None)
+@given(rbox_st)
+def test_flip_diag_mirrors_theta_about_the_diagonal(rb):
+    """(x, y) -> (y, x) turns a direction at angle t into pi/2 - t."""
+    cx, cy, w, ratio, t = rb
+    r = np.array([[cx, cy, w, w * ratio, t]])
+    _, p = flip_diag(np.zeros((256, 256, 3), np.uint8), rbox2poly(r).astype(np.float32))
+    r2 = to_rboxes(p)
+    assert_convention(r2)
+    np.testing.assert_allclose(r2[0, :4], [cy, cx, w, w * ratio], atol=1e-2)
+    assert abs(angle_diff(r2[0, 4], math.pi / 2 - t)) < 1e-3
 
 
 @settings(max_examples=60, deadline=None)
@@ -353,6 +380,7 @@ def test_hyp_defaults_and_overrides(tmp_path):
         shear=0.0,
         flipud=0.5,
         fliplr=0.5,
+        flipdiag=0.0,
         mosaic=1.0,
         mixup=0.0,
         lr0=0.01,

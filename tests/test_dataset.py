@@ -216,6 +216,18 @@ def test_full_pipeline_keeps_objects_covered(samples, seed, mosaic):
     assert total > 0
 
 
+def test_flipdiag_transposes_image_and_targets(samples):
+    still = {"mosaic": 0.0, "degrees": 0.0, "translate": 0.0, "scale": 0.0, "hsv_h": 0.0, "hsv_s": 0.0,
+             "hsv_v": 0.0, "flipud": 0.0, "fliplr": 0.0}  # fmt: skip
+    a_img, a_t, *_ = OBBDataset(samples, IMGSZ, augment=True, hyp=still, seed=0)[2]
+    b_img, b_t, *_ = OBBDataset(samples, IMGSZ, augment=True, hyp={**still, "flipdiag": 1.0}, seed=0)[2]
+    assert len(a_t) > 0 and torch.equal(b_img, a_img.transpose(1, 2))
+    torch.testing.assert_close(b_t[:, [3, 2, 4, 5]], a_t[:, 2:6], atol=1e-3, rtol=0)  # cx <-> cy, same sides
+    turn = (b_t[:, 6] - (math.pi / 2 - a_t[:, 6]) + math.pi / 2) % math.pi - math.pi / 2
+    assert turn.abs().max() < 1e-3  # theta -> pi/2 - theta (mod pi)
+    assert check_objects(to_bgr(b_img), b_t.numpy()) > 0
+
+
 def test_cached_images_give_the_same_items(samples):
     plain = OBBDataset(samples, 128, augment=True, seed=5)
     cached = OBBDataset(samples, 128, augment=True, seed=5, cache_images=True)

@@ -40,8 +40,9 @@ _NON_NEGATIVE = (">= 0", lambda v: v >= 0)
 _POSITIVE = ("> 0", lambda v: v > 0)
 # number ranges (keys not listed only need the right type)
 RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
-    **{k: _UNIT for k in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup", "label_smoothing",
-                          "momentum", "warmup_momentum", "ema_decay", "translate", "lrf")},  # fmt: skip
+    **{k: _UNIT for k in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "flipdiag", "mosaic", "mixup",
+                          "label_smoothing", "momentum", "warmup_momentum", "ema_decay", "translate",
+                          "lrf")},  # fmt: skip
     **{k: _NON_NEGATIVE for k in ("weight_decay", "warmup_epochs", "warmup_bias_lr", "box", "obj", "cls",
                                   "theta", "theta_iou", "degrees", "scale", "shear", "min_size",
                                   "clip_grad_norm", "close_mosaic", "warmup_min_iters")},  # fmt: skip

@@ -214,6 +214,18 @@ def flip_ud(img: np.ndarray, polys: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.ascontiguousarray(img[::-1]), p
 
 
+def flip_diag(img: np.ndarray, polys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror about the main diagonal: (x, y) -> (y, x), a square image only.
+
+    With the two flips it gives all eight quarter turns and mirrors of the image without resampling it
+    (rotation by ``degrees`` interpolates, which blurs the edges the box sides are read from)."""
+    h, w = img.shape[:2]
+    if h != w:
+        raise ValueError(f"flip_diag needs a square image, got {w} x {h}")
+    p = _polys(polys)[:, [1, 0, 3, 2, 5, 4, 7, 6]].copy()
+    return np.ascontiguousarray(img.transpose(1, 0, *range(2, img.ndim))), p
+
+
 def augment_hsv(
     img: np.ndarray, rng: np.random.Generator, hgain: float = 0.5, sgain: float = 0.5, vgain: float = 0.5
 ) -> np.ndarray:

@@ -30,6 +30,7 @@ from obbslim.cfg import load_hyp
 from obbslim.data.augment import (
     augment_hsv,
     filter_polys,
+    flip_diag,
     flip_lr,
     flip_ud,
     letterbox,
@@ -213,6 +214,8 @@ class OBBDataset(Dataset):
                 img, polys = flip_ud(img, polys)
             if rng.random() < hyp["fliplr"]:
                 img, polys = flip_lr(img, polys)
+            if img.shape[0] == img.shape[1] and rng.random() < hyp["flipdiag"]:
+                img, polys = flip_diag(img, polys)
         targets = np.zeros((len(polys), 7), np.float32)
         targets[:, 1] = cls
         targets[:, 2:] = to_rboxes(polys)
