@@ -222,7 +222,7 @@ def flip_diag(img: np.ndarray, polys: np.ndarray) -> tuple[np.ndarray, np.ndarra
     h, w = img.shape[:2]
     if h != w:
         raise ValueError(f"flip_diag needs a square image, got {w} x {h}")
-    p = _polys(polys)[:, [1, 0, 3, 2, 5, 4, 7, 6]].copy()
+    p = _polys(polys)[:, [1, 0, 3, 2, 5, 4, 7, 6]]  # fancy indexing: a copy
     return np.ascontiguousarray(img.transpose(1, 0, *range(2, img.ndim))), p
 
 

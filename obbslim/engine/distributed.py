@@ -7,7 +7,6 @@ CUDA uses nccl with one GPU per local rank.
 
 from __future__ import annotations
 
-import gc
 import os
 from dataclasses import dataclass
 
@@ -45,13 +44,10 @@ def init(info: DistInfo, device: torch.device) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
-    """Destroy the process group while the interpreter is fully alive.
-
-    Anything still holding the group (a DDP reducer in a reference cycle) is collected first: gloo's
-    worker threads otherwise outlive it into interpreter shutdown and abort the process at exit
-    ("terminate called without an active exception"), failing a finished run."""
+    """Destroy the process group. Call it after dropping every DDP wrapper: a wrapper still alive keeps
+    gloo's worker threads past the group into interpreter shutdown, where they abort the process at
+    exit now and then ("terminate called without an active exception"), failing a finished run."""
     if info.enabled and dist.is_initialized():
-        gc.collect()
         dist.destroy_process_group()
 
 
