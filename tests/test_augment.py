@@ -388,7 +388,7 @@ def test_hyp_defaults_and_overrides(tmp_path):
         theta=1.0,
         optimizer="auto",
         nbs=16,
-        theta_iou=0.0,
+        theta_iou=0.1,
         obj_target="box",
     ).items():
         assert hyp[k] == v, k
