@@ -13,7 +13,7 @@ import torch
 from shapely.geometry import Polygon
 
 from obbslim import ops
-from obbslim.engine.loss import OBBLoss, probiou
+from obbslim.engine.loss import MAX_ASPECT, TURN_ASPECTS, OBBLoss, expected_turn_loss, probiou, turn_cost
 from tests.test_loss import NBINS, TARGETS, Head, matched_preds
 
 
@@ -46,9 +46,10 @@ def test_rotation_loss_pulls_the_bins_towards_the_target():
     assert logits.grad[0].argmin().item() == pytest.approx(target_bin, abs=1)  # descent raises it most
 
 
-def test_theta_iou_gain_adds_to_the_theta_item():
+@pytest.mark.parametrize("form", ["probiou", "expected"])
+def test_theta_iou_gain_adds_to_the_theta_item(form):
     base = OBBLoss(Head(), {"theta_iou": 0.0})
-    rot = OBBLoss(Head(), {"theta_iou": 1.0})
+    rot = OBBLoss(Head(), {"theta_iou": 1.0, "theta_iou_form": form})
     preds = matched_preds(base, TARGETS, bs=2)
     for p in preds:  # turn every angle prediction by 30 bins
         p[..., 8:] = p[..., 8:].roll(30, -1)
@@ -101,3 +102,59 @@ def test_rciou_is_the_ciou_of_the_box_turned_to_the_target_angle():
     # a vertical long box, 2 px off in image x (across it): most of the overlap is lost
     across, vertical = torch.tensor([[12.0, 20.0, 30.0, 6.0]]), torch.tensor([math.pi / 2])
     assert rciou(across, logits, tbox, vertical).item() < 0.5 < ciou(across, logits, tbox, vertical).item()
+
+
+HEIGHTS = [(1.0, 1.0), (1.1, 2 / 1.2 - 1), (1.25, 2 / 1.5 - 1), (1.5, 0.0), (3.0, 0.0)]  # (aspect, height)
+
+
+@pytest.mark.parametrize("aspect, height", HEIGHTS)
+def test_near_square_boxes_also_target_the_quarter_turn(aspect, height):
+    # a box turned by pi/2 overlaps itself by IoU 1 / (2 r - 1); the second window's height
+    # is 2 IoU - 1 (hand values: 1, 0.667, 0.333, 0 at r = 1, 1.1, 1.25, 1.5)
+    crit = OBBLoss(Head(), {"csl_square": 1.0})
+    theta = torch.tensor([math.radians(20.0)])
+    tt = crit.theta_target(theta, torch.tensor([[0.5, 0.5, 3.0 * aspect, 3.0]]))[0]
+    plain = torch.as_tensor(ops.csl_encode(theta, NBINS))[0]
+    quarter = torch.as_tensor(ops.csl_encode(theta + math.pi / 2, NBINS))[0]
+    main_bin, turned_bin = int(ops.csl_bin(theta, NBINS)[0]), int(ops.csl_bin(theta + math.pi / 2, NBINS)[0])
+    assert abs(main_bin - turned_bin) == NBINS // 2
+    assert tt[main_bin].item() == pytest.approx(1.0)
+    assert tt[turned_bin].item() == pytest.approx(height, abs=1e-6)
+    torch.testing.assert_close(tt, torch.maximum(plain, quarter * height))
+    off = OBBLoss(Head()).theta_target(theta, torch.tensor([[0.5, 0.5, 3.0, 3.0]]))[0]
+    torch.testing.assert_close(off, plain)  # the default, csl_square 0: the paper's single window
+
+
+def test_a_square_labelled_either_way_gets_one_target():
+    # a square whose long side flips with labelling noise: (w, h, t) and (h, w, t + pi/2), normalised
+    crit = OBBLoss(Head(), {"csl_square": 1.0})
+    a = crit.theta_target(torch.tensor([0.3]), torch.tensor([[0.5, 0.5, 3.0, 2.999]]))
+    b = crit.theta_target(torch.tensor([0.3 + math.pi / 2 - math.pi]), torch.tensor([[0.5, 0.5, 3.0, 2.999]]))
+    torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("row_index", [0, 3, 16, 40])  # aspect 1, 1.30, 4, 32
+def test_turn_cost_is_shapelys_overlap_lost_by_turning(row_index):
+    table = turn_cost(NBINS, torch.zeros(1, dtype=torch.float64))
+    row, aspect = table[row_index], MAX_ASPECT ** (row_index / (TURN_ASPECTS - 1))
+    for k in (0, 7, 30, 45, 90, 150):
+        ref = 1 - shapely_iou([0.0, 0.0, aspect, 1.0, 0.0], [0.0, 0.0, aspect, 1.0, k * math.pi / NBINS])
+        assert row[k].item() == pytest.approx(ref, abs=1e-9)
+    assert (row[45].item() == pytest.approx(1 - 1 / math.sqrt(2))) if aspect == 1.0 else row[90] > 0.2
+
+
+def test_expected_turn_loss_weighs_each_bin_by_its_cost():
+    box = torch.tensor([[0.5, 0.5, 3.0, 3.0], [0.5, 0.5, 12.0, 3.0]])  # a square, aspect 4
+    theta = torch.tensor([0.2, 0.2])
+    # sharp at the target, at a quarter turn, at 45 degrees off
+    right, quarter, half = (sharp_logits([math.degrees(0.2) + d] * 2) for d in (0, 90, 45))
+    assert expected_turn_loss(right, box, theta).tolist() == pytest.approx([0, 0], abs=1e-6)
+    q = expected_turn_loss(quarter, box, theta)
+    assert q[0].item() == pytest.approx(0, abs=1e-6) and q[1].item() > 0.5  # a square's quarter turn is free
+    assert expected_turn_loss(half, box, theta)[0].item() == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-3)
+    # a mixture costs the mixture of the costs (linear in the probabilities)
+    two = torch.full((1, NBINS), -30.0)
+    b0, b45 = (int(ops.csl_bin(torch.tensor(a), NBINS)) for a in (0.2, 0.2 + math.pi / 4))
+    two[0, b0] = two[0, b45] = 30.0
+    got = expected_turn_loss(two, box[1:], theta[1:]).item()
+    assert got == pytest.approx(0.5 * expected_turn_loss(half[1:], box[1:], theta[1:]).item(), abs=1e-4)

@@ -36,9 +36,7 @@ def test_long_side_swap_and_the_angle_seam_average_as_the_same_rectangles():
     b = [60, 40, 30, 10, math.pi / 2 - 0.05]  # the same, just past it the other way
     merged = ops.merge_rotated(T([a, b]), T([1.0, 1.0]), torch.tensor([0]), 0.4)[0]
     # the mean orientation is vertical (-pi/2), not horizontal (the mean of the two numbers, 0)
-    c2, s2 = math.cos(0.05) ** 2, math.sin(0.05) ** 2  # the mean matrix: diag(30 s2 + 10 c2, 30 c2 + 10 s2)
-    expected = [60, 40, 30 * c2 + 10 * s2, 10 * c2 + 30 * s2, -math.pi / 2]
-    assert merged.tolist() == pytest.approx(expected, abs=1e-9)
+    assert merged.tolist() == pytest.approx([60, 40, 30, 10, -math.pi / 2], abs=1e-9)
     # a member written (h, w, theta + pi/2) or theta + pi is the same rectangle: the same merge
     c = [61, 41, 28, 12, 0.2]
     def merged_with(member):
@@ -62,21 +60,31 @@ def shapely_iou(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def reference_merge(r: np.ndarray, s: np.ndarray, g: np.ndarray, k: int, thr: float, ratio: float):
-    """The definition, written plainly: members by shapely IoU, then the score-weighted mean of
-    R diag(w, h) R^T, its eigen-decomposition by numpy."""
+    """The definition, written plainly: members by shapely IoU, each written as the one of its four
+    forms (w, h, t), (h, w, t + pi/2), (w, h, t + pi), (h, w, t - pi/2) whose angle is nearest the
+    kept box's, then the score-weighted mean of (x, y, w, h, t)."""
     polys = ops.rbox2poly(r)
     mem = [j for j in range(len(r)) if g[j] == g[k] and s[j] >= ratio * s[k]
            and (j == k or shapely_iou(polys[k], polys[j]) > thr)]  # fmt: skip
     if len(mem) == 1:
         return r[k]
-    w = s[mem] / s[mem].sum()
-    def rot(t):
-        return np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    rows = []
+    for x, y, a, b, t in r[mem]:
+        forms = [(a, b, t + q * math.pi / 2) if q % 2 == 0 else (b, a, t + q * math.pi / 2)
+                 for q in (-2, -1, 0, 1, 2)]  # fmt: skip
+        rows.append((x, y, *min(forms, key=lambda f: abs(f[2] - r[k, 4]))))
+    return ops.norm_rbox((s[mem] / s[mem].sum()) @ np.array(rows))
 
-    m = sum(wi * rot(t) @ np.diag([a, b]) @ rot(t).T for wi, (a, b, t) in zip(w, r[mem, 2:]))
-    ev, vec = np.linalg.eigh(m)
-    return ops.norm_rbox(np.array([[w @ r[mem, 0], w @ r[mem, 1], ev[1], ev[0],
-                                    math.atan2(vec[1, 1], vec[0, 1])]]))[0]  # fmt: skip
+
+def test_near_squares_keep_their_angle_when_the_long_side_flips():
+    # two near-squares 0.1 rad apart, the second labelled with its other side as the long one:
+    # the merge is the mean in the first's frame (the angle 0.25), not a round box with a random angle
+    a = [50, 50, 20.0, 19.9, 0.3]
+    b = ops.norm_rbox(np.array([[50, 50, 19.9, 20.0, 0.2]]))[0].tolist()  # -> (20, 19.9, 0.2 + pi/2 - pi)
+    assert b[4] == pytest.approx(0.2 - math.pi / 2)
+    m = ops.merge_rotated(T([a, b]), T([1.0, 1.0]), torch.tensor([0]), 0.4)[0]
+    assert m[2].item() == pytest.approx(19.95) and m[3].item() == pytest.approx(19.95)
+    assert math.remainder(m[4].item() - 0.25, math.pi / 2) == pytest.approx(0.0, abs=1e-9)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

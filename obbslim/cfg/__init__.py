@@ -34,6 +34,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_schedule": ("cosine", "linear"),
     "theta_loss": ("bce", "ce"),
     "obj_target": ("box", "rotated"),
+    "theta_iou_form": ("probiou", "expected"),
 }
 _UNIT = ("in [0, 1]", lambda v: 0 <= v <= 1)
 _NON_NEGATIVE = (">= 0", lambda v: v >= 0)
@@ -42,7 +43,7 @@ _POSITIVE = ("> 0", lambda v: v > 0)
 RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     **{k: _UNIT for k in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "flipdiag", "mosaic", "mixup",
                           "label_smoothing", "momentum", "warmup_momentum", "ema_decay", "translate",
-                          "lrf")},  # fmt: skip
+                          "lrf", "csl_square")},  # fmt: skip
     **{k: _NON_NEGATIVE for k in ("weight_decay", "warmup_epochs", "warmup_bias_lr", "box", "obj", "cls",
                                   "theta", "theta_iou", "degrees", "scale", "shear", "min_size",
                                   "clip_grad_norm", "close_mosaic", "warmup_min_iters")},  # fmt: skip

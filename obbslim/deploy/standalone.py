@@ -106,8 +106,8 @@ def nms_rotated(rboxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> np.nd
 def merge_rotated(rboxes: np.ndarray, scores: np.ndarray, cls: np.ndarray, keep: np.ndarray, iou_thr: float,
                   min_ratio: float = 0.25) -> np.ndarray:
     """Each kept box -> the score-weighted mean of the boxes of its class with IoU > iou_thr (itself
-    included) that score at least min_ratio of it; sides and angle averaged as R diag(w, h) R^T, which
-    does not change when w and h swap or theta moves by pi (as obbslim.ops.merge_rotated)."""
+    included) that score at least min_ratio of it; each member written as the one of its equal forms
+    ((w, h, t), (h, w, t + pi/2), t + pi) whose angle is nearest the kept box's (as ops.merge_rotated)."""
     r = rboxes.astype(np.float64)
     polys = rbox2poly(r).reshape(-1, 4, 2)
     area, rad = r[:, 2] * r[:, 3], 0.5 * np.hypot(r[:, 2], r[:, 3])
@@ -123,11 +123,11 @@ def merge_rotated(rboxes: np.ndarray, scores: np.ndarray, cls: np.ndarray, keep:
             continue
         m = np.concatenate(([i], mem))
         w, (x, y, a, b, t) = scores[m].astype(np.float64), r[m].T
-        c, s = np.cos(t), np.sin(t)
-        mean = np.stack((x, y, a * c * c + b * s * s, (a - b) * c * s, a * s * s + b * c * c)) @ w / w.sum()
-        mid, half = (mean[2] + mean[4]) / 2, math.hypot((mean[2] - mean[4]) / 2, mean[3])
-        theta = 0.5 * math.atan2(2 * mean[3], mean[2] - mean[4])
-        out[n] = (mean[0], mean[1], mid + half, max(mid - half, 0.0), theta)
+        d = np.remainder(t - r[i, 4] + math.pi / 2, math.pi) - math.pi / 2
+        turn = np.abs(d) > math.pi / 4
+        a, b, d = np.where(turn, b, a), np.where(turn, a, b), np.where(turn, d - np.sign(d) * math.pi / 2, d)
+        mean = np.stack((x, y, a, b, d)) @ w / w.sum()
+        out[n] = (*mean[:4], r[i, 4] + mean[4])
     return norm_rbox(out).astype(rboxes.dtype)
 
 

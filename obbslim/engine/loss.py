@@ -14,7 +14,10 @@
 - objectness: BCE against the detached, clamped IoU at the assigned cells (``gr = 1``), per-level
   balance ``[4.0, 1.0, 0.4]``;
 - class: BCE with optional label smoothing (only when ``nc > 1``, as YOLOv5);
-- theta: BCE over the 180 bins against ``ops.csl_encode(theta, 180, radius, window)``.
+- theta: BCE over the 180 bins against ``ops.csl_encode(theta, 180, radius, window)`` (with
+  ``csl_square`` also a window a quarter turn away for boxes near square: :meth:`OBBLoss.theta_target`),
+  plus the angle's overlap term ``theta_iou`` (:meth:`OBBLoss._rotation_loss`, or
+  :func:`expected_turn_loss` with ``theta_iou_form: expected``).
 
 The total is ``(lbox + lobj + lcls + ltheta) * batch_size`` like YOLOv5, whose gains are scaled by
 :func:`scale_gains`.
@@ -185,6 +188,46 @@ def soft_theta(theta_logits: torch.Tensor) -> torch.Tensor:
 
 
 _BIN_CACHE: dict[tuple, torch.Tensor] = {}
+_TURN_CACHE: dict[tuple, torch.Tensor] = {}
+TURN_ASPECTS = 41  # aspect ratios 1 .. 32, evenly spaced in log r, for turn_cost's table
+MAX_ASPECT = 32.0
+
+
+def turn_cost(nbins: int, like: torch.Tensor) -> torch.Tensor:
+    """``[TURN_ASPECTS, nbins]``: ``1 - IoU`` of a box of aspect ratio r with itself turned by
+    ``k * pi / nbins`` about its centre, exact (``ops.rbox_iou``), for r = 1 .. 32 evenly in log r.
+    Zero at k = 0 for every r; a square's cost comes back to 0 at a quarter turn, a long box's does not."""
+    key = (nbins, like.device, like.dtype)
+    if key not in _TURN_CACHE:
+        r = torch.logspace(0.0, math.log10(MAX_ASPECT), TURN_ASPECTS, dtype=torch.float64)
+        turn = torch.arange(nbins, dtype=torch.float64) * (math.pi / nbins)
+        rr, tt = r.repeat_interleave(nbins), turn.repeat(TURN_ASPECTS)
+        zero, one = torch.zeros_like(rr), torch.ones_like(rr)
+        box = torch.stack((zero, zero, rr, one, zero), 1)
+        iou = ops.rbox_iou(box, torch.cat((box[:, :4], tt[:, None]), 1), aligned=True)
+        _TURN_CACHE[key] = (1.0 - iou).clamp(0, 1).view(TURN_ASPECTS, nbins).to(like.device, like.dtype)
+    return _TURN_CACHE[key]
+
+
+def expected_turn_loss(theta_logits: torch.Tensor, tbox: torch.Tensor, ttheta: torch.Tensor) -> torch.Tensor:
+    """``sum_k p_k (1 - IoU(box, box turned by angle_k - theta))`` with ``p`` the softmax of the bins:
+    the overlap the predicted angle distribution is expected to lose, exactly, per target ``[m]``.
+
+    Unlike ProbIoU (a Gaussian, round for a square) it sees a square's orientation (a square turned by
+    45 degrees keeps IoU 0.71 with itself), and the expectation is minimised by a sharp peak at the right
+    angle, or, for a square, at either of its two. The cost depends on the aspect ratio and the turn
+    only: a table (:func:`turn_cost`) interpolated in log aspect, no IoU computed in training."""
+    logits = theta_logits.float()
+    nbins = logits.shape[-1]
+    table = turn_cost(nbins, logits)
+    r = (tbox[:, 2] / tbox[:, 3].clamp(min=1e-9)).float().clamp(1.0, MAX_ASPECT)
+    pos = r.log() / math.log(MAX_ASPECT) * (TURN_ASPECTS - 1)
+    i0 = pos.floor().long().clamp(max=TURN_ASPECTS - 2)
+    frac = (pos - i0)[:, None]
+    row = table[i0] * (1 - frac) + table[i0 + 1] * frac  # [m, nbins]: the cost of a turn by k bins
+    k = torch.arange(nbins, device=logits.device)
+    turn = torch.remainder(k[None] - torch.as_tensor(ops.csl_bin(ttheta, nbins)).to(k)[:, None], nbins)
+    return (logits.softmax(-1) * row.gather(1, turn)).sum(-1)
 
 
 def bin_angles(nbins: int, like: torch.Tensor) -> torch.Tensor:
@@ -255,11 +298,10 @@ class OBBLoss:
                     t = torch.full_like(ps[:, 5:c0], self.cn)
                     t[torch.arange(n, device=device), tcls[i]] = self.cp
                     lcls = lcls + bce_cls(ps[:, 5:c0], t)
-                tt = torch.as_tensor(
-                    ops.csl_encode(ttheta[i], self.nbins, radius=h["csl_radius"], window=h["csl_window"])
-                ).to(ps.dtype)
+                tt = self.theta_target(ttheta[i], tbox[i]).to(ps.dtype)
                 if h["theta_iou"]:
-                    lrot = lrot + self._rotation_loss(ps[:, c0:], tbox[i], ttheta[i]).mean()
+                    rot = expected_turn_loss if h["theta_iou_form"] == "expected" else self._rotation_loss
+                    lrot = lrot + rot(ps[:, c0:], tbox[i], ttheta[i]).mean()
                 if h["theta_loss"] == "ce":  # softmax cross-entropy against the normalised window
                     q = tt / tt.sum(1, keepdim=True)
                     ltheta = ltheta - (q * ps[:, c0:].log_softmax(1)).sum(1).mean()
@@ -270,6 +312,28 @@ class OBBLoss:
         ltheta = ltheta + lrot * h["theta_iou"]
         bs = preds[0].shape[0]
         return (lbox + lobj + lcls + ltheta) * bs, torch.stack((lbox, lobj, lcls, ltheta)).detach()
+
+    def theta_target(self, ttheta: torch.Tensor, tbox: torch.Tensor) -> torch.Tensor:
+        """The CSL target ``[m, nbins]`` of each assigned box: the window at its angle and, for a box
+        near square, a second window a quarter turn away (``csl_square``).
+
+        A square is the same box at theta and theta + pi/2, and which side counts as the long one
+        flips with a pixel of labelling noise (a plane whose span equals its length): one window
+        teaches the two angles as a contradiction. The second window's height is how much the box
+        turned by pi/2 still overlaps itself, ``clamp(2 / (2 r - 1) - 1, 0, 1)`` for aspect ratio
+        ``r = long / short``: 1 for a square, 0.67 at r = 1.1, none from r = 1.5 on."""
+        h = self.hyp
+
+        def window(theta: torch.Tensor) -> torch.Tensor:
+            return torch.as_tensor(ops.csl_encode(theta, self.nbins, h["csl_radius"], h["csl_window"]))
+
+        tt = window(ttheta)
+        if h["csl_square"] and ttheta.numel():
+            turned = window(ttheta + math.pi / 2)
+            r = tbox[:, 2] / tbox[:, 3].clamp(min=1e-9)
+            height = (2.0 / (2.0 * r - 1.0) - 1.0).clamp(0.0, 1.0) * h["csl_square"]
+            tt = torch.maximum(tt, turned.to(tt) * height[:, None].to(tt))
+        return tt
 
     @staticmethod
     def _rotation_loss(theta_logits: torch.Tensor, tbox: torch.Tensor, ttheta: torch.Tensor) -> torch.Tensor:

@@ -6,13 +6,16 @@ the confident part of the cluster (YOLOv5's ``merge=True``, here weighted by sco
 are found by NMS's exact test without computing their IoU) keeps the ranking and cuts the spread of the
 sides, centre and angle: AP75 rose on every trained model measured (README, "Merge-NMS").
 
-Sides and angle are averaged as the symmetric matrix ``R(theta) diag(w, h) R(theta)^T``: it does not
-change when (w, h, theta) is written as (h, w, theta + pi/2) or theta moves by pi, so near-square
-boxes whose long side flips between members, and angles either side of +-pi/2, average correctly.
-Its eigenvalues are the sides, its first eigenvector the long side's direction.
+A rectangle has four equal forms, (w, h, theta), (h, w, theta + pi/2) and both turned by pi: each
+member is written in the one whose angle is nearest the kept box's, then (x, y, w, h, angle) are
+averaged. So angles either side of +-pi/2 and near-squares whose long side flips between members
+average as the same rectangles, and a square keeps its orientation (the first release averaged
+``R(theta) diag(w, h) R(theta)^T``, which is round for a square: the merged angle was noise).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -21,19 +24,16 @@ from obbslim.ops.nms import _Boxes, _filter_geo, _may_suppress  # NMS's own test
 
 __all__ = ["merge_rotated"]
 
-
-def _side_matrix(r: torch.Tensor) -> torch.Tensor:
-    """``[N, 5]`` rboxes -> ``[N, 3]`` (a, b, c) of ``R diag(w, h) R^T = [[a, b], [b, c]]``."""
-    c, s = torch.cos(r[:, 4]), torch.sin(r[:, 4])
-    w, h = r[:, 2], r[:, 3]
-    return torch.stack((w * c * c + h * s * s, (w - h) * c * s, w * s * s + h * c * c), -1)
+HALF_PI, QUARTER_PI = math.pi / 2, math.pi / 4
 
 
-def _from_side_matrix(m: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(a, b, c) -> (w, h, theta): the eigenvalues of ``[[a, b], [b, c]]``, its first eigenvector's angle."""
-    a, b, c = m.unbind(-1)
-    mid, rad = (a + c) / 2, torch.hypot((a - c) / 2, b)
-    return mid + rad, (mid - rad).clamp(min=0), 0.5 * torch.atan2(2 * b, a - c)
+def _in_frame_of(r: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``[N, 5]`` rboxes -> ``[N, 3]`` (w, h, angle - theta): each box written as the one of its four
+    equal forms ((w, h, t), (h, w, t + pi/2), t + pi) whose angle is nearest ``theta``, within pi/4."""
+    d = torch.remainder(r[:, 4] - theta + HALF_PI, math.pi) - HALF_PI  # [-pi/2, pi/2)
+    turn = d.abs() > QUARTER_PI
+    w, h = torch.where(turn, r[:, 3], r[:, 2]), torch.where(turn, r[:, 2], r[:, 3])
+    return torch.stack((w, h, torch.where(turn, d - torch.sign(d) * HALF_PI, d)), -1)
 
 
 def merge_rotated(
@@ -72,8 +72,7 @@ def merge_rotated(
     alone = (members <= 1) | (total <= 0)  # nothing to average: the kept box exactly as it is
     total = torch.where(alone, torch.ones_like(total), total)
     summed = torch.zeros(kept.shape[0], 5, dtype=r.dtype, device=r.device)
-    summed.index_add_(0, i, w[:, None] * torch.cat((r[j, :2], _side_matrix(r[j])), 1))
+    summed.index_add_(0, i, w[:, None] * torch.cat((r[j, :2], _in_frame_of(r[j], r[keep[i], 4])), 1))
     mean = summed / total[:, None]
-    sw, sh, st = _from_side_matrix(mean[:, 2:])
-    merged = torch.stack((mean[:, 0], mean[:, 1], sw, sh, st), -1)
+    merged = torch.cat((mean[:, :4], kept[:, 4:] + mean[:, 4:]), 1)
     return torch.where(alone[:, None], kept, _norm(merged))
