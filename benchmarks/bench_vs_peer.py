@@ -160,9 +160,9 @@ def main() -> None:
 
 def report(rows: dict[str, dict], args: argparse.Namespace) -> str:
     """One markdown table, per-class AP50 below it, and each metric's ratio obbslim / peer."""
+    data = f"data {args.data}" if args.data else f"synth --images {args.images} --seed {args.seed}"
     lines = [
-        f"synth --images {args.images} --size {args.size} --seed {args.seed}; {args.epochs} epochs, batch "
-        f"{args.batch}, {args.device}",
+        f"{data}, imgsz {args.size}; {args.epochs} epochs, batch {args.batch}, {args.device}",
         "",
         "| detector | mAP50 | AP75 | mAP50-95 | angle error, mean at IoU 0.5 (deg) | angle error, median at "
         "IoU 0.1 (deg) | training s |",
