@@ -173,15 +173,19 @@ def test_cuda_matches_cpu():
 @given(seeds, st.sampled_from([torch.float32, torch.float64]))
 def test_iou_bounds_are_rigorous_and_decisions_exact(seed, dtype):
     # the cheap bounds NMS uses to skip clipping must bracket the exact IoU, and the decision made
-    # through them must equal rbox_iou > thr
+    # through them must equal rbox_iou > thr (in float64: a float32 IoU can round onto the threshold,
+    # as seed 10336 found, 0.50000011 -> 0.5; within float32's resolution of it either answer is right)
     rng = np.random.default_rng(seed)
     r, _ = clustered(rng, 150, 5, extent=100)
     t = torch.tensor(r, dtype=dtype)
     boxes = nms_mod._Boxes(t)
     i, j = torch.triu_indices(len(r), len(r), 1)
-    exact = rbox_iou(t, t)[i, j]
+    exact = rbox_iou(t.double(), t.double())[i, j]
+    tol = 1e-6 if dtype == torch.float32 else 0.0
     for thr in (0.05, 0.3, 0.5, 0.8):
-        np.testing.assert_array_equal(boxes.suppress(i, j, thr).numpy(), (exact > thr).numpy())
+        sure = (exact - thr).abs() > tol
+        got = boxes.suppress(i, j, thr)
+        np.testing.assert_array_equal(got[sure].numpy(), (exact > thr)[sure].numpy())
     calls = []
     orig = nms_mod._rect_inter
 
