@@ -19,12 +19,12 @@ import math
 
 import torch
 
-from obbslim.ops.boxes import _norm
+from obbslim.ops.boxes import HALF_PI, _norm
 from obbslim.ops.nms import _Boxes, _filter_geo, _may_suppress  # NMS's own tests of IoU > t
 
 __all__ = ["merge_rotated"]
 
-HALF_PI, QUARTER_PI = math.pi / 2, math.pi / 4
+QUARTER_PI = math.pi / 4
 
 
 def _in_frame_of(r: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
