@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--ratio", type=float, default=0.5, help="prune ratio of the BN channels")
     ap.add_argument("--modes", default="finetune,output,feature,both",
-                    help="comma list of finetune, output, feature, both, mimic")  # fmt: skip
+                    help="comma list of finetune, output, feature, both, auto, mimic")  # fmt: skip
     ap.add_argument("--kd-temp", type=float, default=1.0)
     ap.add_argument("--kd-output", type=float, default=1.0)
     ap.add_argument("--kd-feature", type=float, default=1.0)
@@ -111,6 +111,7 @@ def main() -> None:
         "output": dict(kd_output=args.kd_output, kd_feature=0.0),
         "feature": dict(kd_output=0.0, kd_feature=args.kd_feature),
         "both": dict(kd_output=args.kd_output, kd_feature=args.kd_feature),
+        "auto": dict(kd_output="auto", kd_feature=args.kd_feature),  # distill's default
         "mimic": dict(kd_output=args.kd_output, kd_feature=args.kd_feature, kd_feature_type="mimic"),
     }
     times = {}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from obbslim.errors import ObbslimError
 from obbslim.pipeline.stages import ROW_NAMES, STAGES
@@ -96,6 +97,13 @@ def test_every_stage_and_the_report(full):
     # the sparse stage started from the baseline, the student from the pruned checkpoint
     sparse_args = (run / "2_sparse" / "args.yaml").read_text()
     assert "1_baseline/weights/best.pt" in sparse_args and "sparsity: 0.001" in sparse_args
+    # the output distillation's weight: auto's, from the mAP50s the baseline and prune stages measured
+    from obbslim.distill.run import auto_output_weight
+
+    info = {s: full["stages"][s]["info"] for s in ("1_baseline", "3_prune")}
+    weight = auto_output_weight(info["3_prune"]["mAP50"]["pruned_folded"], info["1_baseline"]["best_mAP50"])
+    assert yaml.safe_load((run / "4_distill" / "args.yaml").read_text())["kd_output"] == weight
+    assert f"--kd-output {weight}" in report
 
 
 def test_rerun_runs_only_the_missing_stage(full, synth, monkeypatch):
@@ -158,6 +166,7 @@ def test_teacher_skips_the_baseline(full, synth, tmp_path):
     assert str(Path(teacher).resolve()) in (run / "2_sparse" / "args.yaml").read_text()
     distill_args = (run / "4_distill" / "args.yaml").read_text()
     assert str(Path(teacher).resolve()) in distill_args
+    assert isinstance(yaml.safe_load(distill_args)["kd_output"], float)  # auto, measured by distill
     assert "skipped: teacher given" in Path(res["report"]).read_text()
 
 

@@ -421,3 +421,39 @@ def test_distill_ddp_two_cpu_processes(files, tmp_path):
     assert [int(r["images"]) for r in rows] == [4, 4] and all(k in rows[0] for k in KD_COLS)
     ck = torch.load(run_dir / "weights" / "last.pt", map_location="cpu", weights_only=True)
     assert {k.split(".")[0] for k in ck["extra_state"]} == {"adapters"}
+
+
+@pytest.mark.parametrize(
+    "student, teacher, weight",
+    [(0.0001, 0.80, 1.0), (0.39, 0.80, 1.0), (0.40, 0.80, 0.0), (0.68, 0.79, 0.0), (0.0, 0.0, 0.0)],
+)
+def test_auto_output_weight_by_hand(student, teacher, weight):
+    """Outputs on below half of the teacher's mAP50 (bench_distill's destroyed students), off from half
+    (the demo's slimmed students keep 86%); an untrained pair (0 and 0) gets the features alone."""
+    from obbslim.distill.run import auto_output_weight
+
+    assert auto_output_weight(student, teacher) == weight
+
+
+@pytest.mark.parametrize(
+    "maps, weight", [({"student": 0.1, "teacher": 0.8}, 1.0), ({"student": 0.7, "teacher": 0.8}, 0.0)]
+)
+def test_distill_auto_stores_the_weight_it_chose(files, tmp_path, monkeypatch, capsys, maps, weight):
+    """kd_output 'auto' (the default) measures both checkpoints, says what it chose, and the run's stored
+    options hold the number (a resumed run rebuilds the same Distiller)."""
+    import obbslim.distill.run
+    from obbslim.distill import distill
+
+    real = obbslim.distill.run._val_map50
+    seen = []
+
+    def fake(path, cfg):
+        seen.append(real(path, cfg))  # the real measurement runs (on the train split: no val here)
+        return maps["student" if Path(path) == Path(files["student"]) else "teacher"]
+
+    monkeypatch.setattr(obbslim.distill.run, "_val_map50", fake)
+    r = distill(files["student"], files["teacher"], **run_opts(files, tmp_path, epochs=1, verbose=True))
+    assert len(seen) == 2 and all(0.0 <= m <= 1.0 for m in seen)
+    ck = torch.load(r["last"], map_location="cpu", weights_only=True)
+    assert ck["train_args"]["kd_output"] == weight
+    assert f"--kd-output auto -> {weight:g}" in capsys.readouterr().out

@@ -56,6 +56,21 @@ def test_flags_negations_and_renamed_options():
     )
 
 
+def test_auto_or_a_number():
+    """--kd-output takes 'auto' (the default) or a number >= 0; anything else names the flag."""
+    assert DistillConfig().kd_output == "auto"
+    assert parse(DistillConfig, ["--kd-output", "auto"], exclude=("model",)).kd_output == "auto"
+    assert parse(DistillConfig, ["--kd-output", "0.5"], exclude=("model",)).kd_output == 0.5
+    assert DistillConfig(kd_output=0).kd_output == 0
+    for bad, shown in ((-1.0, "-1"), ("often", "'often'"), (float("nan"), "nan")):
+        with pytest.raises(ObbslimError, match=f"--kd-output must be 'auto' or >= 0, got {shown}"):
+            DistillConfig(kd_output=bad)
+    with pytest.raises(SystemExit):
+        parse(DistillConfig, ["--kd-output", "often"], exclude=("model",))
+    cmd = DistillConfig.command("obbslim distill", {"kd_output": 1.0})
+    assert cmd == "obbslim distill --kd-output 1.0"
+
+
 def test_command_line_round_trips_through_the_parser():
     args = dict(
         data="d.yaml",

@@ -79,7 +79,7 @@ class Distiller(Callback, nn.Module):
         self,
         teacher: nn.Module,
         student_ch: Sequence[int],
-        output_weight: float = DistillConfig.kd_output,
+        output_weight: float = 0.0,
         feature_weight: float = DistillConfig.kd_feature,
         temp: float = DistillConfig.kd_temp,
         feature_type: str = DistillConfig.kd_feature_type,

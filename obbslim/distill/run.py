@@ -9,17 +9,23 @@ run's options, so ``distill(resume=RUN)`` rebuilds the same Distiller and restor
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from obbslim.data.labels import load_data_yaml
 from obbslim.distill.distiller import Distiller, check_pair
 from obbslim.engine.callbacks import Callback
 from obbslim.engine.train import train
 from obbslim.engine.trainer_utils import find_resume_checkpoint
 from obbslim.errors import ObbslimError
+from obbslim.eval.val import val
 from obbslim.model import load, read_checkpoint
 from obbslim.options import DistillConfig
+from obbslim.options.checks import AUTO
 from obbslim.prune.sparsity import SparsityCallback
+from obbslim.utils.device import select_device
 
 
 def distill(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> dict[str, Any]:
@@ -28,11 +34,13 @@ def distill(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> d
     ``data`` with checkpoint ``teacher``.
 
     ``kd_output`` / ``kd_feature`` weight the output and feature distillation (0 turns one off; both 0 is
-    plain fine-tuning), ``kd_temp`` is the output temperature (classes and angle bins), ``kd_feature_type``
-    ``cwd`` (channel-wise distillation, temperature ``kd_feature_temp``) or ``mimic`` (MSE on the cells
-    near ground-truth objects), ``kd_cls`` ``bce`` (per-class soft-target BCE minus the teacher's entropy)
-    or ``kl`` (softmax KL over the classes). The other options are ``train``'s. ``resume`` continues a
-    distill run (its directory or last.pt) with its stored options. Returns ``train``'s result dict.
+    plain fine-tuning; ``kd_output="auto"``, the default, is :func:`auto_output_weight` of both models'
+    val mAP50, measured first), ``kd_temp`` is the output temperature (classes and angle bins),
+    ``kd_feature_type`` ``cwd`` (channel-wise distillation, temperature ``kd_feature_temp``) or ``mimic``
+    (MSE on the cells near ground-truth objects), ``kd_cls`` ``bce`` (per-class soft-target BCE minus the
+    teacher's entropy) or ``kl`` (softmax KL over the classes). The other options are ``train``'s.
+    ``resume`` continues a distill run (its directory or last.pt) with its stored options. Returns
+    ``train``'s result dict.
     """
     cfg = DistillConfig.of(*args, **options)
     if cfg.pretrained:  # the engine would swap the student's head and weights
@@ -51,8 +59,8 @@ def distill(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> d
             if not str(path).endswith(".pt"):
                 raise ObbslimError(f"--{role} {path}: expected a checkpoint .pt")
         student_arch, student_name = read_checkpoint(cfg.student)["arch"], str(cfg.student)
-        cfg = kd = cfg.replace(model=str(cfg.student), student=str(cfg.student),
-                               teacher=str(Path(cfg.teacher).resolve()))  # fmt: skip
+        cfg = kd = resolve_output_weight(cfg.replace(model=str(cfg.student), student=str(cfg.student),
+                                                     teacher=str(Path(cfg.teacher).resolve())))  # fmt: skip
     teacher = load(kd.teacher, ema=True)
     check_pair(student_arch, teacher.get_arch(), student_name, kd.teacher)
     distiller = Distiller.from_config(teacher, student_arch, kd, student_name)
@@ -60,3 +68,48 @@ def distill(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> d
         return train(cfg, callbacks=[distiller, SparsityCallback(), *callbacks])
     finally:
         distiller.unbind()
+
+
+#: below this fraction of its teacher's mAP50 the student learns from the teacher's outputs
+AUTO_KEEP = 0.5
+
+
+def auto_output_weight(student_map50: float, teacher_map50: float) -> float:
+    """``kd_output="auto"``: 1 (outputs and features) for a student below ``AUTO_KEEP`` of its teacher's
+    mAP50, else 0 (features only).
+
+    Why: a student far below its teacher (pruned without sparsity training: bench_distill) learns from
+    the teacher's outputs, which beat fine-tuning on 5 of 6 teacher-seed pairs there, while a student that
+    starts near its teacher (slimmed after sparsity training: the demo keeps 86% of it) outgrows it, and
+    copying the teacher's outputs held it back (outputs + features lost to fine-tuning on all 5 such runs,
+    the features alone won every fresh one). README, Distillation."""
+    return 1.0 if student_map50 < AUTO_KEEP * teacher_map50 else 0.0
+
+
+def resolve_output_weight(cfg: DistillConfig) -> DistillConfig:
+    """``cfg`` with ``kd_output="auto"`` replaced by its number, from the val mAP50 of the student and of
+    the teacher (so the run's stored options, and a resumed run, hold the weight it used)."""
+    if cfg.kd_output != AUTO:
+        return cfg
+    maps = {"student": _val_map50(cfg.student, cfg), "teacher": _val_map50(cfg.teacher, cfg)}
+    weight = auto_output_weight(maps["student"], maps["teacher"])
+    if cfg.verbose:
+        keep = maps["student"] / maps["teacher"] if maps["teacher"] > 0 else 0.0
+        what = "outputs and features" if weight else "features only"
+        print(f"distill: --kd-output auto -> {weight:g} ({what}): the student's val mAP50 "
+              f"{maps['student']:.4f} is {keep:.0%} of the teacher's {maps['teacher']:.4f} "
+              f"(outputs below {AUTO_KEEP:.0%})")
+    return cfg.replace(kd_output=weight)
+
+
+def _val_map50(weights: str | Path, cfg: DistillConfig) -> float:
+    """mAP50 of a checkpoint on the run's val split (the train split for data without one); the run
+    folder val writes is thrown away."""
+    rank, world = int(os.environ.get("LOCAL_RANK", -1)), int(os.environ.get("WORLD_SIZE", 1))
+    device = str(select_device(cfg.device, rank, world))  # under torchrun, this process's own GPU
+    split = "val" if load_data_yaml(cfg.data).get("val") else "train"
+    with tempfile.TemporaryDirectory(prefix="obbslim_distill_val_") as tmp:
+        r = val(weights, cfg.data, split=split, imgsz=cfg.imgsz, batch=cfg.batch, device=device,
+                workers=cfg.workers, threads=cfg.threads, plots=False, verbose=False, progress=False,
+                project=tmp)  # fmt: skip
+    return float(r["mAP50"])

@@ -68,6 +68,30 @@ def between(low: float, high: float, *, low_open: bool = False, high_open: bool 
     )
 
 
+@dataclass(frozen=True)
+class AutoOr(Check):
+    """The word ``auto`` (a value the command works out) or a number that passes the check."""
+
+    def problem(self, value: Any) -> str | None:
+        if value == AUTO:
+            return None
+        p = super().problem(value)
+        return None if p is None else f"must be {AUTO!r} or {self.requirement}, got {value!r}"
+
+
+AUTO = "auto"
+
+
+def auto_or(check: Check) -> AutoOr:
+    """``auto`` or a value passing ``check``."""
+    return AutoOr(check.requirement, check.ok, check.integer)
+
+
+def number_or_auto(text: str) -> float | str:
+    """The argparse type of an :func:`auto_or` option: ``auto`` stays a word, anything else a float."""
+    return AUTO if str(text).strip().lower() == AUTO else float(text)
+
+
 FRACTION = between(0.0, 1.0)  # conf, iou, ratios
 IMGSZ = Check(">= 32 (the largest stride of the models)", lambda v: v >= 32, integer=True)
 COUNT = at_least(1)  # epochs, batch, images, runs

@@ -7,7 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from obbslim.options.base import Options, option, threads_option, workers_option
-from obbslim.options.checks import COUNT, FRACTION, IMGSZ, at_least, non_negative, positive
+from obbslim.options.checks import (
+    AUTO,
+    COUNT,
+    FRACTION,
+    IMGSZ,
+    at_least,
+    auto_or,
+    non_negative,
+    number_or_auto,
+    positive,
+)
 
 SPARSITY_SCHEDULES = ("constant", "linear", "cosine")
 SPARSITY_WEIGHTINGS = ("none", "flops")
@@ -137,9 +147,13 @@ class DistillConfig(SparseTrainConfig):
     teacher: str | Path | None = option(
         None, "teacher checkpoint .pt (same strides, nc, na, nbins; any widths)"
     )
-    kd_output: float = option(0.0, "weight of the output distillation (0 off, the default: a teacher the "
-                              "student outgrows holds it back; README, Distillation)",
-                              check=non_negative())  # fmt: skip
+    kd_output: float | str = option(
+        AUTO,
+        "weight of the output distillation, 0 off; auto (default): 1 for a student that starts below half of "
+        "its teacher's val mAP50, else 0 (README, Distillation)",
+        type=number_or_auto,
+        check=auto_or(non_negative()),
+    )
     kd_feature: float = option(1.0, "weight of the feature distillation (0 off)", check=non_negative())
     kd_temp: float = option(1.0, "output temperature T (classes, angle bins)", check=positive())
     kd_feature_type: str = option(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from obbslim.deploy.benchmark import benchmark
-from obbslim.distill.run import distill
+from obbslim.distill.run import auto_output_weight, distill
 from obbslim.errors import ObbslimError
 from obbslim.model import read_checkpoint
 from obbslim.options import (
@@ -219,13 +219,18 @@ def prune(ctx: Context) -> Stage:
 
 
 def distilled(ctx: Context) -> Stage:
-    """The pruned model fine-tuned with distillation from the baseline."""
+    """The pruned model fine-tuned with distillation from the baseline. The output distillation's weight
+    is ``auto``'s, from the mAP50s the baseline and pruning stages measured (``distill`` measures them
+    itself for a given teacher); the printed command shows the number."""
     c, pruned = ctx.cfg, ctx.out("3_prune")
     key = {
         "pruned": ctx.markers["3_prune"]["id"],
         "teacher": ctx.markers["1_baseline"]["id"],
         "epochs": c.epochs_distill,
     }
+    teacher_map = ctx.markers["1_baseline"].get("info", {}).get("best_mAP50")
+    pruned_map = (ctx.markers["3_prune"].get("info", {}).get("mAP50") or {}).get("pruned_folded")
+    known = teacher_map is not None and pruned_map is not None
     return ctx.training(
         "4_distill",
         "obbslim distill",
@@ -237,6 +242,7 @@ def distilled(ctx: Context) -> Stage:
         data=c.data,
         epochs=c.epochs_distill,
         noautoanchor=True,
+        **({"kd_output": auto_output_weight(pruned_map, teacher_map)} if known else {}),
     )
 
 
