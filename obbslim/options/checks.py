@@ -68,6 +68,9 @@ def between(low: float, high: float, *, low_open: bool = False, high_open: bool 
     )
 
 
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class AutoOr(Check):
     """The word ``auto`` (a value the command works out) or a number that passes the check."""
@@ -77,9 +80,6 @@ class AutoOr(Check):
             return None
         p = super().problem(value)
         return None if p is None else f"must be {AUTO!r} or {self.requirement}, got {value!r}"
-
-
-AUTO = "auto"
 
 
 def auto_or(check: Check) -> AutoOr:
