@@ -447,8 +447,9 @@ def test_distill_auto_stores_the_weight_it_chose(files, tmp_path, monkeypatch, c
     real = obbslim.distill.run._val_map50
     seen = []
 
-    def fake(path, cfg):
-        seen.append(real(path, cfg))  # the real measurement runs (on the train split: no val here)
+    def fake(path, cfg, split):
+        assert split == "train"  # this data has no val split
+        seen.append(real(path, cfg, split))  # the real measurement runs
         return maps["student" if Path(path) == Path(files["student"]) else "teacher"]
 
     monkeypatch.setattr(obbslim.distill.run, "_val_map50", fake)

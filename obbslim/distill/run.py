@@ -91,7 +91,8 @@ def resolve_output_weight(cfg: DistillConfig) -> DistillConfig:
     the teacher (so the run's stored options, and a resumed run, hold the weight it used)."""
     if cfg.kd_output != AUTO:
         return cfg
-    maps = {"student": _val_map50(cfg.student, cfg), "teacher": _val_map50(cfg.teacher, cfg)}
+    split = "val" if load_data_yaml(cfg.data).get("val") else "train"  # data without a val split: train
+    maps = {"student": _val_map50(cfg.student, cfg, split), "teacher": _val_map50(cfg.teacher, cfg, split)}
     weight = auto_output_weight(maps["student"], maps["teacher"])
     if cfg.verbose:
         keep = maps["student"] / maps["teacher"] if maps["teacher"] > 0 else 0.0
@@ -102,12 +103,10 @@ def resolve_output_weight(cfg: DistillConfig) -> DistillConfig:
     return cfg.replace(kd_output=weight)
 
 
-def _val_map50(weights: str | Path, cfg: DistillConfig) -> float:
-    """mAP50 of a checkpoint on the run's val split (the train split for data without one); the run
-    folder val writes is thrown away."""
+def _val_map50(weights: str | Path, cfg: DistillConfig, split: str) -> float:
+    """mAP50 of a checkpoint on a split of the run's data; the run folder val writes is thrown away."""
     rank, world = int(os.environ.get("LOCAL_RANK", -1)), int(os.environ.get("WORLD_SIZE", 1))
     device = str(select_device(cfg.device, rank, world))  # under torchrun, this process's own GPU
-    split = "val" if load_data_yaml(cfg.data).get("val") else "train"
     with tempfile.TemporaryDirectory(prefix="obbslim_distill_val_") as tmp:
         r = val(weights, cfg.data, split=split, imgsz=cfg.imgsz, batch=cfg.batch, device=device,
                 workers=cfg.workers, threads=cfg.threads, plots=False, verbose=False, progress=False,
