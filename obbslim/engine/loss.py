@@ -10,7 +10,8 @@
 - box: ``1 - CIoU`` of (cx, cy, long, short) treated as axis-aligned boxes (the paper's default), the
   same CIoU with the centre offset read in the target box's frame (``rciou``), or a rotation-aware
   ``1 - ProbIoU`` / KLD loss on the rotated box (``hyp['box_loss']``) whose predicted angle enters
-  through the expected rotation of the softmax over the bins (:func:`soft_rotation`);
+  through the expected rotation of the softmax over the bins (:func:`soft_rotation`); with
+  ``box_size`` also the centre-free side term :func:`size_loss`;
 - objectness: BCE against the detached, clamped IoU at the assigned cells (``gr = 1``), per-level
   balance ``[4.0, 1.0, 0.4]``;
 - class: BCE with optional label smoothing (only when ``nc > 1``, as YOLOv5);
@@ -51,7 +52,19 @@ def scale_gains(hyp: dict, nl: int = 3, nc: int = 80, imgsz: int = 640) -> dict:
     out["obj"] = hyp["obj"] * (imgsz / 640.0) ** 2 * k
     out["theta"] = hyp["theta"] * k
     out["theta_iou"] = hyp["theta_iou"] * k
+    out["box_size"] = hyp["box_size"] * k
     return out
+
+
+def size_loss(pwh: torch.Tensor, twh: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
+    """``|log(pred / true)|`` summed over the two sides: each side learned on its own, as a ratio.
+
+    An IoU loss rewards a box grown past the truth when its centre is off (the grown box covers the
+    offset: IoU h0 / (h0 + 2d) beats (h0 - d) / (h0 + d) for a centre off by d), so under the centre's
+    noise it settles on sides too long, most for thin sides: the short side of a small vehicle. This
+    term does not see the centre; its minimum is the median ratio, whatever the offset.
+    """
+    return (pwh.clamp(min=eps).log() - twh.clamp(min=eps).log()).abs().sum(1)
 
 
 def smooth_bce(eps: float = 0.0) -> tuple[float, float]:
@@ -278,7 +291,7 @@ class OBBLoss:
         device = preds[0].device
         h = self.hyp
         bce_cls, bce_obj, bce_theta = (self._bce(h[k], device) for k in ("cls_pw", "obj_pw", "theta_pw"))
-        lbox, lobj, lcls, ltheta, lrot = (torch.zeros((), device=device) for _ in range(5))
+        lbox, lobj, lcls, ltheta, lrot, lsize = (torch.zeros((), device=device) for _ in range(6))
         tcls, tbox, indices, anch, ttheta = self.build_targets(preds, targets)
         c0 = 5 + self.nc  # first theta channel
         for i, pi in enumerate(preds):
@@ -292,6 +305,8 @@ class OBBLoss:
                 pbox = torch.cat((pxy, pwh), 1)
                 iou = self._box_loss(pbox, ps[:, c0:], tbox[i], ttheta[i])
                 lbox = lbox + (1.0 - iou).mean()
+                if h["box_size"]:
+                    lsize = lsize + size_loss(pwh, tbox[i][:, 2:4]).mean()
                 score = self._obj_score(iou, pbox, ps[:, c0:], tbox[i], ttheta[i]).to(tobj.dtype)
                 tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * score
                 if self.nc > 1:
@@ -310,6 +325,7 @@ class OBBLoss:
             lobj = lobj + bce_obj(pi[..., 4], tobj) * self.balance[i]
         lbox, lobj, lcls, ltheta = lbox * h["box"], lobj * h["obj"], lcls * h["cls"], ltheta * h["theta"]
         ltheta = ltheta + lrot * h["theta_iou"]
+        lbox = lbox + lsize * h["box_size"]
         bs = preds[0].shape[0]
         return (lbox + lobj + lcls + ltheta) * bs, torch.stack((lbox, lobj, lcls, ltheta)).detach()
 
