@@ -199,6 +199,7 @@ HYP_CASES = [
     ("moasic: 0.5\n", "unknown hyperparameter 'moasic' (did you mean 'mosaic'?)"),
     ("box_loss: iou\n", "h.yaml:1: box_loss: expected one of ciou, rciou, probiou, kld, got 'iou'"),
     ("mosaic: 2\n", "h.yaml:1: mosaic: expected a value in [0, 1], got 2"),
+    ("box_size: -0.5\n", "h.yaml:1: box_size: expected a value >= 0, got -0.5"),
     ("nbs: 6.5\n", "h.yaml:1: nbs: expected a whole number, got 6.5"),
     ("fliplr: true\n", "h.yaml:1: fliplr: expected a number, got True"),
     ("optimizer: 3\n", "h.yaml:1: optimizer: expected text, got 3"),
