@@ -29,7 +29,7 @@ def test_iou_grows_the_short_side_under_a_centre_offset_and_size_loss_does_not()
                         shorts], 1)
     best_iou = shorts[(1 - bbox_ciou(pred, truth.expand_as(pred))).argmin()].item()
     best_size = shorts[size_loss(pred[:, 2:], truth[:, 2:].expand(len(pred), 2)).argmin()].item()
-    assert best_iou > 7.0  # hand: 1-D IoU (6 - d + ...) is best near h0 + 2d = 9 for d = 1.5
+    assert best_iou > 7.0  # hand: equal long sides, IoU = overlap / union of the short: 0.6 at 6, 0.667 at 9
     assert best_size == pytest.approx(6.0, abs=0.05)
 
 
