@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from obbslim.engine.loss import OBBLoss, bbox_ciou, size_loss
-from tests.test_loss import TARGETS, Head, matched_preds
+from tests.test_loss import TARGETS, Head, logit, matched_preds
 
 
 def test_size_loss_is_the_log_ratio_of_each_side():
@@ -39,7 +39,6 @@ def test_box_size_gain_adds_to_the_box_item_only_when_sides_are_wrong():
     preds = matched_preds(plain, TARGETS, bs=2)
     assert sized(preds, TARGETS)[1][0].item() == pytest.approx(plain(preds, TARGETS)[1][0].item(), abs=1e-4)
     for p in preds:  # every predicted side 1.5x too long: sigmoid(x) * 2 squared grows by 1.5
-        s = (p[..., 2:4].sigmoid() * 2 * math.sqrt(1.5) / 2).clamp(max=0.999)
-        p[..., 2:4] = torch.log(s / (1 - s))
+        p[..., 2:4] = logit(p[..., 2:4].sigmoid() * math.sqrt(1.5))
     gap = sized(preds, TARGETS)[1][0].item() - plain(preds, TARGETS)[1][0].item()
     assert gap > 0.5 * 2 * math.log(1.5)  # the term's gain times its mean over the assigned cells
