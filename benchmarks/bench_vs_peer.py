@@ -78,6 +78,11 @@ def score(task1: Path, ann: Path) -> dict:
     per_class_angle = {
         n: angle_error(*_one_class(g, d, c), iou_thr=0.1)["median"] for c, n in enumerate(names)
     }
+    # near-square objects (planes) modulo 90 degrees: their box repeats every quarter turn, chance is 22.5
+    per_class_square = {
+        n: angle_error(*_one_class(g, d, c), iou_thr=0.1, near_square=True)["median"]
+        for c, n in enumerate(names)
+    }
     return {
         "mAP50": res[0]["mAP"],
         "AP75": res[IOUS.index(0.75)]["mAP"],
@@ -86,6 +91,7 @@ def score(task1: Path, ann: Path) -> dict:
         "angle_med_01": angle_error(g, d, iou_thr=0.1)["median"],
         "per_class": res[0]["per_class"],
         "per_class_angle": per_class_angle,
+        "per_class_square": per_class_square,
     }
 
 
@@ -178,6 +184,11 @@ def report(rows: dict[str, dict], args: argparse.Namespace) -> str:
         lines.append(f"{k}: AP50 " + ", ".join(f"{c} {v:.3f}" for c, v in r["per_class"].items()))
         angles = {c: v for c, v in r["per_class_angle"].items() if v == v}  # NaN: no elongated objects
         lines.append(f"{k}: median angle error " + ", ".join(f"{c} {v:.1f}" for c, v in angles.items()))
+        square = {c: v for c, v in r.get("per_class_square", {}).items() if v == v}
+        lines.append(
+            f"{k}: median angle error modulo 90 of near-square objects (chance 22.5; a round tank's angle is "
+            "arbitrary) " + ", ".join(f"{c} {v:.1f}" for c, v in square.items())
+        )
     if len(rows) == 2:
         a, b = rows.values()
         ratios = {m: a[m] / b[m] if b[m] else float("inf") for m in ("mAP50", "AP75", "mAP50_95", "train_s")}

@@ -49,7 +49,8 @@ BIN17 = -math.pi / 2 + 107 * math.pi / 180  # exactly on a bin (17 degrees)
 
 
 def matched_preds(crit, targets, bs=1, size=64):
-    """Raw logits that decode exactly to each target at every assigned cell, obj on, right class and CSL."""
+    """Raw logits that decode exactly to each target at every assigned cell, obj on, right class and CSL
+    (the angle logits at the minimum of the loss's ``theta_loss``)."""
     preds = empty_preds(bs, size)
     tcls, tbox, indices, anch, ttheta = crit.build_targets(preds, targets)
     for i, p in enumerate(preds):
@@ -62,7 +63,8 @@ def matched_preds(crit, targets, bs=1, size=64):
         row[:, 4] = 20.0
         row[torch.arange(len(b)), 5 + tcls[i]] = 20.0
         csl = torch.as_tensor(ops.csl_encode(ttheta[i], NBINS, radius=2.0, window="gaussian"))
-        row[:, 5 + NC :] = logit(csl)
+        ce = crit.hyp["theta_loss"] == "ce"  # softmax's minimum: log of the normalised window
+        row[:, 5 + NC :] = (csl / csl.sum(1, keepdim=True)).log().clamp(min=-20) if ce else logit(csl)
         p[b, a, gj, gi] = row
     return preds
 
@@ -233,10 +235,10 @@ def test_scale_gains_by_hand():
     assert h["box"] == pytest.approx(0.05)
     assert h["cls"] == pytest.approx(0.5 * 15 / 80)
     assert h["obj"] == pytest.approx(1.0 * 1.6**2)
-    assert h["theta"] == pytest.approx(1.0)  # the default angle gain, not scaled (3 levels)
+    assert h["theta"] == pytest.approx(0.01)  # the default angle gain, not scaled (3 levels)
     h4 = scale_gains(hyp, nl=4, nc=80, imgsz=320)
     assert h4["box"] == pytest.approx(0.0375) and h4["cls"] == pytest.approx(0.375)
-    assert h4["obj"] == pytest.approx(0.25 * 0.75) and h4["theta"] == pytest.approx(0.75)
+    assert h4["obj"] == pytest.approx(0.25 * 0.75) and h4["theta"] == pytest.approx(0.0075)
     assert hyp["box"] == 0.05  # not modified in place
 
 
@@ -244,22 +246,46 @@ BIN_M69 = -math.pi / 2 + 21 * math.pi / 180
 TARGETS = torch.tensor([[0, 2, 18.0, 14.0, 16.0, 8.0, BIN17], [1, 0, 40.0, 44.0, 30.0, 12.0, BIN_M69]])
 
 
-@pytest.mark.parametrize("box_loss", ["ciou", "rciou", "probiou", "kld"])
-def test_matched_prediction_gives_small_loss(box_loss):
-    crit = OBBLoss(Head(), {"box_loss": box_loss})
+@pytest.mark.parametrize(
+    "box_loss,theta_loss",
+    # ce's minimum is the window itself, spread over bins: only the box losses that ignore the angle
+    # logits (ciou, rciou) are then also at their minimum; probiou / kld want a sharper peak
+    [("ciou", "bce"), ("rciou", "bce"), ("probiou", "bce"), ("kld", "bce"), ("ciou", "ce"), ("rciou", "ce")],
+)
+def test_matched_prediction_gives_small_loss(box_loss, theta_loss):
+    crit = OBBLoss(Head(), {"box_loss": box_loss, "theta_loss": theta_loss})
     preds = matched_preds(crit, TARGETS, bs=2)
     loss, items = crit(preds, TARGETS)
     lbox, lobj, lcls, ltheta = items.tolist()
     assert loss.item() == pytest.approx(items.sum().item() * 2, rel=1e-5)
     assert lbox < 1e-4 and lobj < 1e-5 and lcls < 1e-5
-    # the CSL target's entropy is the least possible BCE: the theta logits sit at the minimum,
-    # which is only true if the targets are ops.csl_encode of the target angle
+    # the CSL target's entropy is the least possible BCE / cross-entropy: the theta logits sit at the
+    # minimum, which is only true if the targets are ops.csl_encode of the target angle. (With ce the
+    # overlap term is off here: it too wants a peak sharper than the window.)
     p = [x.clone().requires_grad_(True) for x in preds]
-    crit_theta = OBBLoss(Head(), {"box_loss": "ciou", "box": 0, "obj": 0, "cls": 0})
+    only_theta = {"box_loss": "ciou", "box": 0, "obj": 0, "cls": 0, "theta_loss": theta_loss}
+    crit_theta = OBBLoss(Head(), {**only_theta, **({"theta_iou": 0.0} if theta_loss == "ce" else {})})
     l, _ = crit_theta(p, TARGETS)
     l.backward()
     assert max(x.grad.abs().max().item() for x in p) < 1e-6
     assert ltheta > 0
+
+
+def test_softmax_angle_loss_by_hand():
+    """theta_loss ce: flat logits cost log(180) per assigned box (the window sums to 1 after
+    normalising), so the item is the gain times log(180) per level that has a target."""
+    hyp = {"theta_loss": "ce", "theta_iou": 0.0, "box": 0, "obj": 0, "cls": 0}
+    crit = OBBLoss(Head(), hyp)
+    preds = empty_preds(2, 64)
+    levels = sum(len(ix[0]) > 0 for ix in crit.build_targets(preds, TARGETS)[2])
+    ltheta = crit(preds, TARGETS)[1][3].item()
+    assert levels >= 1
+    assert ltheta == pytest.approx(crit.hyp["theta"] * math.log(NBINS) * levels, rel=1e-5)
+    # and a right angle costs less than a wrong one
+    right = matched_preds(crit, TARGETS, bs=2)
+    wrong = [x.clone() for x in right]
+    wrong[0][..., 5 + NC :] = wrong[0][..., 5 + NC :].roll(45, dims=-1)
+    assert crit(right, TARGETS)[1][3] < crit(wrong, TARGETS)[1][3]
 
 
 def test_mismatched_predictions_cost_more():

@@ -4,7 +4,9 @@ AP75 mixes position, size and angle; this isolates the angle. A detection is mat
 metric matches it (same image and class, IoU >= ``iou_thr``, each ground truth claimed by its
 highest-scoring detection). Ground truths whose long side is under ``min_aspect`` times the short side
 are left out: the angle of a square or a round storage tank is not defined. Angles compare modulo 180
-degrees, so the error lies in [0, 90].
+degrees, so the error lies in [0, 90]. ``near_square=True`` scores only those left out, modulo 90
+degrees (a square's box repeats every quarter turn, so the error lies in [0, 45] and chance is 22.5):
+the figure for planes, whose box is near square, that AP75 still counts.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ def angle_error(
     dets: Sequence[tuple],
     iou_thr: float = 0.5,
     min_aspect: float = 1.5,
+    near_square: bool = False,
 ) -> dict:
-    """``{"mean", "median", "n"}`` in degrees over matched, elongated ground truths (NaN when none).
+    """``{"mean", "median", "n"}`` in degrees over matched, elongated ground truths (NaN when none);
+    with ``near_square`` over the others instead, modulo 90 degrees.
 
     ``gts[i] = (polys [n, 8], cls [n], ...)`` and ``dets[i] = (polys [m, 8], scores [m], cls [m])`` per image,
     as ``evaluate_images`` takes them.
@@ -45,9 +49,10 @@ def angle_error(
         if not len(hit):
             continue
         grb, drb = poly2rbox(gp[j[hit]]), poly2rbox(dp[hit])
-        elongated = grb[:, 2] >= min_aspect * grb[:, 3]
-        diff = np.abs(grb[elongated, 4] - drb[elongated, 4]) % math.pi
-        errs.append(np.degrees(np.minimum(diff, math.pi - diff)))
+        keep = (grb[:, 2] >= min_aspect * grb[:, 3]) != near_square
+        period = math.pi / 2 if near_square else math.pi
+        diff = np.abs(grb[keep, 4] - drb[keep, 4]) % period
+        errs.append(np.degrees(np.minimum(diff, period - diff)))
     e = np.concatenate(errs) if errs else np.zeros(0)
     if not len(e):
         return {"mean": float("nan"), "median": float("nan"), "n": 0}

@@ -25,6 +25,9 @@ DEMO_HYP = {
     # the paper's (yolov5_obb's) angle loss: the demo's four classes learn their angle without the overlap
     # term, which cost its baselines up to 0.05 mAP50 (README, "The angle's overlap term, on by default")
     "theta_iou": 0.0,
+    # the per-bin angle loss the demo's README figures were measured with (the default is now softmax's)
+    "theta_loss": "bce",
+    "theta": 1.0,
 }
 DEMO = dict(
     model="yolov5n-obb.yaml",
