@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from obbslim.data.labeltxt import write_labeltxt, write_task1
-from obbslim.ops import rbox2poly
+from tests.test_angle_error import poly
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vs_peer.py"
 
@@ -21,10 +21,6 @@ def bench():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def poly(cx, cy, w, h, deg):
-    return rbox2poly(np.array([[cx, cy, w, h, math.radians(deg)]], np.float64)).reshape(8)
 
 
 def test_score_reports_ap_and_both_angle_errors(tmp_path):
