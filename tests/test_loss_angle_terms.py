@@ -13,8 +13,16 @@ import torch
 from shapely.geometry import Polygon
 
 from obbslim import ops
-from obbslim.engine.loss import MAX_ASPECT, TURN_ASPECTS, OBBLoss, expected_turn_loss, probiou, turn_cost
-from tests.test_loss import NBINS, TARGETS, Head, matched_preds
+from obbslim.engine.loss import (
+    MAX_ASPECT,
+    TURN_ASPECTS,
+    OBBLoss,
+    expected_turn_loss,
+    probiou,
+    squareness,
+    turn_cost,
+)
+from tests.test_loss import NBINS, NC, TARGETS, Head, matched_preds
 
 
 def sharp_logits(angles_deg: list[float]) -> torch.Tensor:
@@ -158,3 +166,25 @@ def test_expected_turn_loss_weighs_each_bin_by_its_cost():
     two[0, b0] = two[0, b45] = 30.0
     got = expected_turn_loss(two, box[1:], theta[1:]).item()
     assert got == pytest.approx(0.5 * expected_turn_loss(half[1:], box[1:], theta[1:]).item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("aspect, height", HEIGHTS)
+def test_squareness_is_the_quarter_turns_window_height(aspect, height):
+    assert squareness(torch.tensor([[0.5, 0.5, 3.0 * aspect, 3.0]])).item() == pytest.approx(height, abs=1e-6)
+
+
+@pytest.mark.parametrize("turn_deg, square_cost", [(45.0, 1 - 1 / math.sqrt(2)), (90.0, 0.0), (0.0, 0.0)])
+def test_theta_square_costs_a_square_its_lost_overlap_and_a_long_box_nothing(turn_deg, square_cost):
+    """Every level's mean is the one square's exact loss (hand: 1 - 1/sqrt 2 at 45 degrees, nothing at a
+    quarter turn, where a square is itself); an aspect-3 box gets no term at all (squareness 0)."""
+    gain, theta = 0.7, 0.2
+    for side, cost in ((12.0, square_cost), (4.0, 0.0)):  # a 12 x 12 square; a 12 x 4 box
+        targets = torch.tensor([[0, 1, 32.0, 32.0, 12.0, side, theta]])
+        base = OBBLoss(Head(), {"theta_iou": 0.0})
+        sq = OBBLoss(Head(), {"theta_iou": 0.0, "theta_square": gain})
+        preds = matched_preds(base, targets)
+        levels = sum(len(ind[0]) > 0 for ind in base.build_targets(preds, targets)[2])
+        for p in preds:  # every angle sharp at theta + turn
+            p[..., 5 + NC :] = sharp_logits([math.degrees(theta) + turn_deg])[0]
+        delta = sq(preds, targets)[1][3].item() - base(preds, targets)[1][3].item()
+        assert levels >= 1 and delta == pytest.approx(gain * cost * levels, abs=1e-4)

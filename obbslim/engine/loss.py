@@ -52,6 +52,7 @@ def scale_gains(hyp: dict, nl: int = 3, nc: int = 80, imgsz: int = 640) -> dict:
     out["obj"] = hyp["obj"] * (imgsz / 640.0) ** 2 * k
     out["theta"] = hyp["theta"] * k
     out["theta_iou"] = hyp["theta_iou"] * k
+    out["theta_square"] = hyp["theta_square"] * k
     out["box_size"] = hyp["box_size"] * k
     return out
 
@@ -243,6 +244,14 @@ def expected_turn_loss(theta_logits: torch.Tensor, tbox: torch.Tensor, ttheta: t
     return (logits.softmax(-1) * row.gather(1, turn)).sum(-1)
 
 
+def squareness(tbox: torch.Tensor) -> torch.Tensor:
+    """``clamp(2 / (2 r - 1) - 1, 0, 1)`` for aspect ratio ``r = long / short`` of each box ``[m, >=4]``: how
+    much the box turned by a quarter turn still overlaps itself. 1 for a square, 0.67 at r = 1.1, 0 from
+    r = 1.5 on: the weight of the angle terms meant for boxes whose long side is a matter of a pixel."""
+    r = tbox[:, 2] / tbox[:, 3].clamp(min=1e-9)
+    return (2.0 / (2.0 * r - 1.0) - 1.0).clamp(0.0, 1.0)
+
+
 def bin_angles(nbins: int, like: torch.Tensor) -> torch.Tensor:
     """The angle of each CSL bin, from ``ops.csl_bin_angle`` so the layout is defined once."""
     key = (nbins, like.device, like.dtype)
@@ -291,7 +300,7 @@ class OBBLoss:
         device = preds[0].device
         h = self.hyp
         bce_cls, bce_obj, bce_theta = (self._bce(h[k], device) for k in ("cls_pw", "obj_pw", "theta_pw"))
-        lbox, lobj, lcls, ltheta, lrot, lsize = (torch.zeros((), device=device) for _ in range(6))
+        lbox, lobj, lcls, ltheta, lrot, lsize, lsq = (torch.zeros((), device=device) for _ in range(7))
         tcls, tbox, indices, anch, ttheta = self.build_targets(preds, targets)
         c0 = 5 + self.nc  # first theta channel
         for i, pi in enumerate(preds):
@@ -317,6 +326,9 @@ class OBBLoss:
                 if h["theta_iou"]:
                     rot = expected_turn_loss if h["theta_iou_form"] == "expected" else self._rotation_loss
                     lrot = lrot + rot(ps[:, c0:], tbox[i], ttheta[i]).mean()
+                if h["theta_square"]:
+                    sq = expected_turn_loss(ps[:, c0:], tbox[i], ttheta[i]) * squareness(tbox[i])
+                    lsq = lsq + sq.mean()
                 if h["theta_loss"] == "ce":  # softmax cross-entropy against the normalised window
                     q = tt / tt.sum(1, keepdim=True)
                     ltheta = ltheta - (q * ps[:, c0:].log_softmax(1)).sum(1).mean()
@@ -324,7 +336,7 @@ class OBBLoss:
                     ltheta = ltheta + bce_theta(ps[:, c0:], tt)
             lobj = lobj + bce_obj(pi[..., 4], tobj) * self.balance[i]
         lbox, lobj, lcls, ltheta = lbox * h["box"], lobj * h["obj"], lcls * h["cls"], ltheta * h["theta"]
-        ltheta = ltheta + lrot * h["theta_iou"]
+        ltheta = ltheta + lrot * h["theta_iou"] + lsq * h["theta_square"]
         lbox = lbox + lsize * h["box_size"]
         bs = preds[0].shape[0]
         return (lbox + lobj + lcls + ltheta) * bs, torch.stack((lbox, lobj, lcls, ltheta)).detach()
@@ -346,8 +358,7 @@ class OBBLoss:
         tt = window(ttheta)
         if h["csl_square"] and ttheta.numel():
             turned = window(ttheta + math.pi / 2)
-            r = tbox[:, 2] / tbox[:, 3].clamp(min=1e-9)
-            height = (2.0 / (2.0 * r - 1.0) - 1.0).clamp(0.0, 1.0) * h["csl_square"]
+            height = squareness(tbox) * h["csl_square"]
             tt = torch.maximum(tt, turned.to(tt) * height[:, None].to(tt))
         return tt
 
