@@ -173,17 +173,23 @@ def test_squareness_is_the_quarter_turns_window_height(aspect, height):
     assert squareness(torch.tensor([[0.5, 0.5, 3.0 * aspect, 3.0]])).item() == pytest.approx(height, abs=1e-6)
 
 
-@pytest.mark.parametrize("turn_deg, square_cost", [(45.0, 1 - 1 / math.sqrt(2)), (90.0, 0.0), (0.0, 0.0)])
+TURNS = [(45.0, 1 - 1 / math.sqrt(2)), (90.0, 0.0), (0.0, 0.0)]  # (turn, a square's 1 - IoU)
+
+
+@pytest.mark.parametrize("turn_deg, square_cost", TURNS)
 def test_theta_square_costs_a_square_its_lost_overlap_and_a_long_box_nothing(turn_deg, square_cost):
-    """Every level's mean is the one square's exact loss (hand: 1 - 1/sqrt 2 at 45 degrees, nothing at a
-    quarter turn, where a square is itself); an aspect-3 box gets no term at all (squareness 0)."""
+    """Every level's term is the mean over its near-square boxes: the one square's exact loss (hand:
+    1 - 1/sqrt 2 at 45 degrees, nothing at a quarter turn, where a square is itself), not diluted by the
+    aspect-3 box beside it, which gets no term at all (squareness 0)."""
     gain, theta = 0.7, 0.2
-    for side, cost in ((12.0, square_cost), (4.0, 0.0)):  # a 12 x 12 square; a 12 x 4 box
-        targets = torch.tensor([[0, 1, 32.0, 32.0, 12.0, side, theta]])
+    square, long = [0, 1, 32.0, 32.0, 12.0, 12.0, theta], [0, 2, 20.0, 20.0, 12.0, 4.0, theta]
+    for rows, cost in (([square], square_cost), ([square, long], square_cost), ([long], 0.0)):
+        targets = torch.tensor(rows)
         base = OBBLoss(Head(), {"theta_iou": 0.0})
         sq = OBBLoss(Head(), {"theta_iou": 0.0, "theta_square": gain})
         preds = matched_preds(base, targets)
-        levels = sum(len(ind[0]) > 0 for ind in base.build_targets(preds, targets)[2])
+        only_square = torch.tensor([square])
+        levels = sum(len(ind[0]) > 0 for ind in base.build_targets(preds, only_square)[2])
         for p in preds:  # every angle sharp at theta + turn
             p[..., 5 + NC :] = sharp_logits([math.degrees(theta) + turn_deg])[0]
         delta = sq(preds, targets)[1][3].item() - base(preds, targets)[1][3].item()
