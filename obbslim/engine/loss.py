@@ -18,7 +18,8 @@
 - theta: BCE over the 180 bins against ``ops.csl_encode(theta, 180, radius, window)`` (with
   ``csl_square`` also a window a quarter turn away for boxes near square: :meth:`OBBLoss.theta_target`),
   plus the angle's overlap term ``theta_iou`` (:meth:`OBBLoss._rotation_loss`, or
-  :func:`expected_turn_loss` with ``theta_iou_form: expected``).
+  :func:`expected_turn_loss` with ``theta_iou_form: expected``) and, opt-in, ``theta_square``: the
+  expected-overlap term as a mean over the near-square boxes only (weights :func:`squareness`).
 
 The total is ``(lbox + lobj + lcls + ltheta) * batch_size`` like YOLOv5, whose gains are scaled by
 :func:`scale_gains`.
