@@ -327,9 +327,10 @@ class OBBLoss:
                 if h["theta_iou"]:
                     rot = expected_turn_loss if h["theta_iou_form"] == "expected" else self._rotation_loss
                     lrot = lrot + rot(ps[:, c0:], tbox[i], ttheta[i]).mean()
-                w = squareness(tbox[i]) if h["theta_square"] else None
-                if w is not None and w.sum() > 0:  # the mean over the near-square boxes, undiluted
-                    lsq = lsq + (expected_turn_loss(ps[:, c0:], tbox[i], ttheta[i]) * w).sum() / w.sum()
+                if h["theta_square"]:  # the mean over the near-square boxes, undiluted (0 when none)
+                    w = squareness(tbox[i])
+                    sq = expected_turn_loss(ps[:, c0:], tbox[i], ttheta[i]) * w
+                    lsq = lsq + sq.sum() / w.sum().clamp(min=1e-9)
                 if h["theta_loss"] == "ce":  # softmax cross-entropy against the normalised window
                     q = tt / tt.sum(1, keepdim=True)
                     ltheta = ltheta - (q * ps[:, c0:].log_softmax(1)).sum(1).mean()
