@@ -194,3 +194,40 @@ def test_theta_square_costs_a_square_its_lost_overlap_and_a_long_box_nothing(tur
             p[..., 5 + NC :] = sharp_logits([math.degrees(theta) + turn_deg])[0]
         delta = sq(preds, targets)[1][3].item() - base(preds, targets)[1][3].item()
         assert levels >= 1 and delta == pytest.approx(gain * cost * levels, abs=1e-4)
+
+
+def test_theta_square_grad_head_teaches_the_angle_head_only():
+    """``theta_square_grad: head`` gives the same loss, but the term's gradient reaches the angle rows of
+    the head's last convolutions only: every other parameter gets exactly its gradient without the term."""
+    from obbslim.model import build, load_spec
+
+    spec = load_spec("yolov5n-obb")
+    spec["width_multiple"] = 0.125
+    torch.manual_seed(0)
+    model = build(spec, nc=NC).train()
+    imgs = torch.rand(2, 3, 64, 64)
+    targets = torch.tensor([[0, 1, 32.0, 32.0, 14.0, 13.0, 0.3], [1, 0, 20.0, 40.0, 12.0, 11.0, -0.7]])
+
+    def run(hyp):
+        model.zero_grad()
+        crit = OBBLoss(model, {"theta_iou": 0.0, **hyp})
+        loss, items = crit(model(imgs), targets)
+        loss.backward()
+        return items, {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    plain_items, plain = run({})
+    all_items, full = run({"theta_square": 2.0})
+    head_items, head = run({"theta_square": 2.0, "theta_square_grad": "head"})
+    assert torch.allclose(all_items, head_items, atol=1e-6)
+    assert all_items[3] > plain_items[3] + 1e-3  # the term is there
+    det = model.model[-1]
+    last = len(model.model) - 1
+    head_names = {f"model.{last}.m.{i}.{w}" for i in range(det.nl) for w in ("weight", "bias")}
+    for name, g in head.items():
+        if name in head_names:  # the box, objectness and class rows as without the term
+            rows = g.view(det.na, det.no, -1)[:, : 5 + NC]
+            assert torch.allclose(rows, plain[name].view(det.na, det.no, -1)[:, : 5 + NC], atol=1e-6)
+        else:
+            assert torch.allclose(g, plain[name], atol=1e-6), name
+    assert any(not torch.allclose(head[k], plain[k], atol=1e-6) for k in head_names)  # the angle rows learn
+    assert any(not torch.allclose(full[k], plain[k], atol=1e-6) for k in full if k not in head_names)

@@ -35,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "theta_loss": ("bce", "ce"),
     "obj_target": ("box", "rotated"),
     "theta_iou_form": ("probiou", "expected"),
+    "theta_square_grad": ("all", "head"),
 }
 _UNIT = ("in [0, 1]", lambda v: 0 <= v <= 1)
 _NON_NEGATIVE = (">= 0", lambda v: v >= 0)

@@ -293,6 +293,8 @@ class OBBLoss:
         self.balance = BALANCE if self.nl == 3 else [4.0, 1.0, 0.25, 0.06, 0.02][: self.nl]
         self.gr = 1.0
         self.cp, self.cn = smooth_bce(self.hyp["label_smoothing"])
+        self.det = det
+        det.keep_inputs = bool(self.hyp["theta_square"]) and self.hyp["theta_square_grad"] == "head"
 
     def _bce(self, pw: float, device: torch.device) -> nn.BCEWithLogitsLoss:
         return nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pw], device=device))
@@ -329,7 +331,9 @@ class OBBLoss:
                     lrot = lrot + rot(ps[:, c0:], tbox[i], ttheta[i]).mean()
                 if h["theta_square"]:  # the mean over the near-square boxes, undiluted (0 when none)
                     w = squareness(tbox[i])
-                    sq = expected_turn_loss(ps[:, c0:], tbox[i], ttheta[i]) * w
+                    head = h["theta_square_grad"] == "head"
+                    logits = self._head_theta(i, indices[i]) if head else ps[:, c0:]
+                    sq = expected_turn_loss(logits, tbox[i], ttheta[i]) * w
                     lsq = lsq + sq.sum() / w.sum().clamp(min=1e-9)
                 if h["theta_loss"] == "ce":  # softmax cross-entropy against the normalised window
                     q = tt / tt.sum(1, keepdim=True)
@@ -342,6 +346,24 @@ class OBBLoss:
         lbox = lbox + lsize * h["box_size"]
         bs = preds[0].shape[0]
         return (lbox + lobj + lcls + ltheta) * bs, torch.stack((lbox, lobj, lcls, ltheta)).detach()
+
+    def _head_theta(self, i: int, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The angle logits ``[n, nbins]`` at the assigned cells of level ``i``, recomputed by the head's last
+        1x1 convolution from its detached inputs: a loss on them teaches that convolution only, so a
+        term meant for one kind of box (``theta_square_grad: head``) cannot pull the shared features."""
+        b, a, gj, gi = index
+        inputs = getattr(self.det, "inputs", None)
+        if inputs is None:
+            raise RuntimeError("theta_square_grad: head needs the Detect head's inputs (keep_inputs)")
+        conv, c0 = self.det.m[i], 5 + self.nc
+        x = inputs[i][b, :, gj, gi].float()  # [n, C]
+        weight = conv.weight.view(self.na, self.det.no, -1)[:, c0:].float()  # [na, nbins, C]
+        bias = conv.bias.view(self.na, -1)[:, c0:].float()
+        out = x.new_zeros(x.shape[0], self.nbins)
+        for k in range(self.na):  # one matmul per anchor: a gathered [n, nbins, C] weight would be large
+            m = a == k
+            out = out.index_put((m.nonzero()[:, 0],), x[m] @ weight[k].T + bias[k])
+        return out
 
     def theta_target(self, ttheta: torch.Tensor, tbox: torch.Tensor) -> torch.Tensor:
         """The CSL target ``[m, nbins]`` of each assigned box: the window at its angle and, for a box

@@ -64,6 +64,8 @@ class Detect(nn.Module):
         self.register_buffer("stride", torch.as_tensor(strides, dtype=torch.float32))
         self.m = nn.ModuleList(nn.Conv2d(int(c), self.na * self.no, 1) for c in ch)
         self._grids: dict[tuple, torch.Tensor] = {}
+        self.keep_inputs = False  # the loss sets it to read the detached inputs (hyp theta_square_grad: head)
+        self.inputs: list[torch.Tensor] | None = None
         self.initialize_biases()
 
     @torch.no_grad()
@@ -116,6 +118,7 @@ class Detect(nn.Module):
         return raw
 
     def forward(self, xs: list[torch.Tensor]):
+        self.inputs = [x.detach() for x in xs] if self.training and self.keep_inputs else None
         raw = self.raw(xs)
         if self.training:
             return raw
