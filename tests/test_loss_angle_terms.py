@@ -231,3 +231,9 @@ def test_theta_square_grad_head_teaches_the_angle_head_only():
             assert torch.allclose(g, plain[name], atol=1e-6), name
     assert any(not torch.allclose(head[k], plain[k], atol=1e-6) for k in head_names)  # the angle rows learn
     assert any(not torch.allclose(full[k], plain[k], atol=1e-6) for k in full if k not in head_names)
+    model.eval()  # validation: the eval logits (another size) without a gradient, the same loss
+    with torch.no_grad():
+        raw = model(torch.rand(2, 3, 96, 96))[1]
+        crit = OBBLoss(model, {"theta_iou": 0.0, "theta_square": 2.0})
+        head_crit = OBBLoss(model, {"theta_iou": 0.0, "theta_square": 2.0, "theta_square_grad": "head"})
+        assert torch.allclose(crit(raw, targets)[1], head_crit(raw, targets)[1], atol=1e-6)

@@ -331,7 +331,9 @@ class OBBLoss:
                     lrot = lrot + rot(ps[:, c0:], tbox[i], ttheta[i]).mean()
                 if h["theta_square"]:  # the mean over the near-square boxes, undiluted (0 when none)
                     w = squareness(tbox[i])
-                    head = h["theta_square_grad"] == "head"
+                    # only the gradient differs: a loss without one (validation, another model's
+                    # logits) reads the logits it is given
+                    head = h["theta_square_grad"] == "head" and torch.is_grad_enabled() and pi.requires_grad
                     logits = self._head_theta(i, indices[i]) if head else ps[:, c0:]
                     sq = expected_turn_loss(logits, tbox[i], ttheta[i]) * w
                     lsq = lsq + sq.sum() / w.sum().clamp(min=1e-9)
