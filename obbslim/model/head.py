@@ -118,7 +118,8 @@ class Detect(nn.Module):
         return raw
 
     def forward(self, xs: list[torch.Tensor]):
-        self.inputs = [x.detach() for x in xs] if self.training and self.keep_inputs else None
+        if self.keep_inputs:  # no attribute is written otherwise (tracing, export, compile)
+            self.inputs = [x.detach() for x in xs] if self.training else None
         raw = self.raw(xs)
         if self.training:
             return raw
