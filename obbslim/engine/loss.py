@@ -359,13 +359,10 @@ class OBBLoss:
             raise RuntimeError("theta_square_grad: head needs the Detect head's inputs (keep_inputs)")
         conv, c0 = self.det.m[i], 5 + self.nc
         x = inputs[i][b, :, gj, gi].float()  # [n, C]
-        weight = conv.weight.view(self.na, self.det.no, -1)[:, c0:].float()  # [na, nbins, C]
-        bias = conv.bias.view(self.na, -1)[:, c0:].float()
-        out = x.new_zeros(x.shape[0], self.nbins)
-        for k in range(self.na):  # one matmul per anchor: a gathered [n, nbins, C] weight would be large
-            m = a == k
-            out = out.index_put((m.nonzero()[:, 0],), x[m] @ weight[k].T + bias[k])
-        return out
+        weight = conv.weight.view(self.na, self.det.no, -1)[:, c0:].float().flatten(0, 1)  # [na * nbins, C]
+        bias = conv.bias.view(self.na, -1)[:, c0:].float().flatten()
+        every = (x @ weight.T + bias).view(-1, self.na, self.nbins)  # every anchor's bins: a small matmul
+        return every[torch.arange(len(a), device=a.device), a]
 
     def theta_target(self, ttheta: torch.Tensor, tbox: torch.Tensor) -> torch.Tensor:
         """The CSL target ``[m, nbins]`` of each assigned box: the window at its angle and, for a box
