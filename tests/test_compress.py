@@ -62,7 +62,7 @@ def opts(synth: Path, project: Path, **kw) -> dict:
 def full(synth, tmp_path_factory) -> dict:
     from obbslim.pipeline import compress
 
-    return compress(**opts(synth, tmp_path_factory.mktemp("runs")))
+    return compress(**opts(synth, tmp_path_factory.mktemp("runs"), cache_images=True))
 
 
 def test_every_stage_and_the_report(full):
@@ -97,6 +97,8 @@ def test_every_stage_and_the_report(full):
     # the sparse stage started from the baseline, the student from the pruned checkpoint
     sparse_args = (run / "2_sparse" / "args.yaml").read_text()
     assert "1_baseline/weights/best.pt" in sparse_args and "sparsity: 0.001" in sparse_args
+    for stage in ("1_baseline", "2_sparse", "4_distill", "4_finetune"):  # compress's option reaches them
+        assert yaml.safe_load((run / stage / "args.yaml").read_text())["cache_images"] is True, stage
     # the output distillation's weight: auto's, from the mAP50s the baseline and prune stages measured
     from obbslim.distill.run import auto_output_weight
 

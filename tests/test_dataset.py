@@ -237,6 +237,20 @@ def test_cached_images_give_the_same_items(samples):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2:] == b[2:]
 
 
+@pytest.mark.parametrize("augment,hyp", [(True, {"mosaic": 1.0, "mixup": 0.5}),
+                                         (True, {"mosaic": 0.0, "flipud": 0.5, "fliplr": 0.5}),
+                                         (False, None)])  # fmt: skip
+def test_cached_images_stay_untouched_by_augmentation(samples, augment, hyp):
+    """Every epoch reads the same cached arrays: an in-place augmentation would change later epochs."""
+    plain = OBBDataset(samples, 128, augment=augment, hyp=hyp, seed=3)
+    cached = OBBDataset(samples, 128, augment=augment, hyp=hyp, seed=3, cache_images=True)
+    assert cached.cache_bytes == sum(c[0].nbytes for c in cached._cache) > 0
+    for epoch in (0, 1, 0):
+        for i in range(len(samples)):
+            a, b = plain[epoch, i], cached[epoch, i]
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
 def test_mixup_pipeline_runs(samples):
     ds = OBBDataset(samples, 128, augment=True, hyp={"mixup": 1.0}, seed=0)
     img, t, *_ = ds[0]

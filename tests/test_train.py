@@ -327,6 +327,17 @@ def test_resume_gives_the_same_weights(synth, tiny_spec, tmp_path):
         run(synth, tiny_spec, tmp_path, resume=resumed["last"])
 
 
+def test_cached_images_train_the_same_weights(synth, tiny_spec, tmp_path, capsys):
+    """--cache-images changes where the pixels come from, not the batches: the weights are identical."""
+    plain = run(synth, tiny_spec, tmp_path, name="plain", epochs=1)
+    cached = run(synth, tiny_spec, tmp_path, name="cached", epochs=1, cache_images=True, verbose=True)
+    assert "cache-images: 6 images in RAM" in capsys.readouterr().out  # 4 train + 2 val
+    a = torch.load(plain["last"], weights_only=True)["model"]
+    b = torch.load(cached["last"], weights_only=True)["model"]
+    for k, v in a.items():
+        torch.testing.assert_close(b[k], v, rtol=0, atol=0, msg=k)
+
+
 def test_nan_loss_is_skipped_then_stops(synth, tiny_spec, tmp_path, monkeypatch, capsys):
     from obbslim.engine import loss as loss_mod
     from obbslim.engine import train as train_mod

@@ -96,8 +96,7 @@ class OBBDataset(Dataset):
         if self.rect:
             self._set_rect(batch_size, pad)
         self._cache: list[tuple | None] | None = None
-        if cache_images:
-            self.cache_images()
+        self.cache_bytes = self.cache_images() if cache_images else 0
 
     def cache_images(self, threads: int = 4) -> int:
         """Decode and resize every image once into RAM (before the workers fork, so they share it).

@@ -755,6 +755,7 @@ def _build_loaders(state: TrainState, train_samples: list, val_samples: list) ->
         world_size=info.world_size,
         pin_memory=cuda,
         persistent_workers=True,  # forking workers every epoch costs ~0.3 s of a 15 s epoch (CPU, 320 px)
+        cache_images=cfg.cache_images,
     )
     if info.main and val_samples:
         state.val_loader = build_dataloader(
@@ -767,7 +768,12 @@ def _build_loaders(state: TrainState, train_samples: list, val_samples: list) ->
             workers=cfg.workers,
             seed=cfg.seed,
             persistent_workers=True,
+            cache_images=cfg.cache_images,
         )
+    if cfg.cache_images and info.main and cfg.verbose:
+        loaders = [x for x in (state.train_loader, state.val_loader) if x is not None]
+        mb = sum(x.dataset.cache_bytes for x in loaders) / 2**20
+        print(f"cache-images: {sum(len(x.dataset) for x in loaders)} images in RAM ({mb:.0f} MB)")
     _close_mosaic(state)
     nb, hyp = len(state.train_loader), state.hyp
     state.warmup_iters = (

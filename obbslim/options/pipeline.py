@@ -47,6 +47,8 @@ class CompressConfig(Options):
     batch: int = option(16, "training batch size", check=COUNT)
     device: str = option("", "cpu, 0 (default: GPU 0 if available)", runtime=True)
     workers: int | None = workers_option(runtime=True)
+    cache_images: bool = option(False, "keep the decoded, resized images in RAM in every training stage",
+                                runtime=True)  # fmt: skip
     hyp: str | Path | dict | None = option(None, "hyperparameter YAML (only the keys that change)", type=str)
     onnx: bool = option(False, "benchmark also times ONNX Runtime")
     project: str | Path = option("runs/compress", "where run folders go")

@@ -54,6 +54,12 @@ class TrainConfig(Options):
     device: str = option("", "cpu, 0, or 0,1 (default: GPU 0 if available)", runtime=True)
     workers: int | None = workers_option("dataloader workers per process", runtime=True)
     threads: int | None = threads_option()
+    cache_images: bool = option(
+        False,
+        "decode and resize the images once into RAM (about images x imgsz^2 x 3 bytes): no decoding in later "
+        "epochs; the batches are the same",
+        runtime=True,
+    )
     hyp: str | Path | dict | None = option(None, "hyperparameter YAML (only the keys that change)", type=str)
     project: str | Path = option("runs/train", "where run folders go")
     name: str = option("exp", "run folder name")

@@ -53,7 +53,7 @@ def compress(*args: Any, **options: Any) -> dict[str, Any]:
     (fraction of the GFLOPs kept). ``pretrained`` initialises the baseline (train's ``pretrained``, e.g.
     COCO yolov5s.pt). ``teacher`` (a checkpoint) replaces the baseline training.
     ``resume`` (a compress run dir, or True for the newest in ``project``) reruns with the stored
-    options (only device, workers, verbose and threads may change); ``exist_ok`` reuses
+    options (only device, workers, cache_images, verbose and threads may change); ``exist_ok`` reuses
     ``project/name`` with the options given. In both cases complete stages are skipped (see the module
     doc). Returns ``{run_dir, report, stages: {stage: marker}, ran: [stages run now], benchmark,
     stopped, signal}``; ``stopped`` is 'signal' when a training stage was interrupted (rerun to go on).
@@ -237,7 +237,7 @@ class _Pipeline:
             c = self.cfg
             res = stage.fn(
                 resume=str(last), project=self.dir, device=c.device, workers=c.workers, threads=c.threads,
-                verbose=c.verbose,
+                cache_images=c.cache_images, verbose=c.verbose,
             )
         if stage.resumable and res.get("stopped") == "signal":
             raise StageInterrupted(stage.name, res.get("signal"))

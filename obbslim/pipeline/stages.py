@@ -98,6 +98,7 @@ class Context:
             batch=c.batch,
             device=c.device or None,
             workers=c.workers,
+            cache_images=c.cache_images,
             threads=c.threads,
             hyp=c.hyp,
             val_every=c.val_every,
