@@ -340,3 +340,20 @@ def test_prox_run_separates_the_scales_and_old_records_keep_the_subgradient(synt
     old = {k: v for k, v in args.items() if k != "sparsity_mode"}
     assert SparseTrainConfig.from_record(old).sparsity_mode == "subgradient"
     assert SparseTrainConfig.from_record({**old, "sparsity": 0.0}).sparsity_mode == "prox"
+
+
+def test_a_collapsed_sparse_run_says_so(synth, tiny_spec, tmp_path, caplog):
+    """Prox at a lambda above every channel's gradient zeroes the whole network in one epoch, which no
+    later epoch undoes: the run warns once, naming the cure; a healthy run does not."""
+    from obbslim.prune.sparsity import sparse_train
+
+    kw = dict(data=train_only(synth), model=str(tiny_spec), epochs=2, imgsz=64, batch=2, device="cpu",
+              workers=0, hyp=FAST_HYP, project=tmp_path / "runs", verbose=False, noautoanchor=True,
+              noval=True)  # fmt: skip
+    with caplog.at_level("WARNING", logger="obbslim"):
+        sparse_train(**kw, name="ok", sparsity=1e-6)
+        assert "collapsed" not in caplog.text
+        sparse_train(**kw, name="dead", sparsity=10.0)
+    assert caplog.text.count("the network has collapsed") == 1
+    assert "start the sparsity training" in caplog.text
+

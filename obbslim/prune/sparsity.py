@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,6 +51,10 @@ from obbslim.options.train import SPARSITY_WEIGHTINGS as WEIGHTINGS
 from obbslim.prune.slim import coupled_groups, dependency_graph, load_torch_pruning
 from obbslim.utils.device import de_parallel
 from obbslim.utils.io import atomic_savefig, atomic_write_text
+
+LOGGER = logging.getLogger("obbslim")
+#: at or above this fraction of the scales below 1e-2 the network is dead (no gradient reaches the scales)
+COLLAPSED = 0.98
 
 END_FACTOR = 0.1  # linear/cosine decay lambda to 0.1 lambda at the end (the YOLOv5 slimming repos)
 HIST_BINS = np.linspace(-6.0, 1.0, 71)  # log10|gamma| bins of the histogram plot
@@ -299,6 +304,7 @@ class SparsityCallback(Callback):
 
     def __init__(self) -> None:
         self.sp: SparsityTraining | None = None
+        self.warned = False
 
     def recorded(self) -> bool:
         return self.sp is not None  # a run without sparsity resumes without this callback too
@@ -324,7 +330,17 @@ class SparsityCallback(Callback):
         if self.sp is None:
             return {}
         self.sp.epochs = state.epochs
-        return self.sp.on_epoch_end(de_parallel(state.model), epoch)
+        cols = self.sp.on_epoch_end(de_parallel(state.model), epoch)
+        if cols["gamma_lt_1e-2"] >= COLLAPSED and not self.warned and state.info.main:
+            self.warned = True
+            LOGGER.warning(
+                "sparsity: %.0f%% of the prunable BN scales are below 1e-2 after epoch %d: the network "
+                "has collapsed (a channel at 0 passes no gradient to the ones before it, so it does not "
+                "recover). LAMBDA %g is above the loss gradient of nearly every channel: start the sparsity "
+                "training from a trained model (--model best.pt, as compress does) or lower --sparsity",
+                100 * cols["gamma_lt_1e-2"], epoch, self.sp.lam,
+            )  # fmt: skip
+        return cols
 
 
 def sparse_train(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> dict[str, Any]:
