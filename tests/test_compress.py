@@ -99,13 +99,15 @@ def test_every_stage_and_the_report(full):
     assert "1_baseline/weights/best.pt" in sparse_args and "sparsity: 0.001" in sparse_args
     for stage in ("1_baseline", "2_sparse", "4_distill", "4_finetune"):  # compress's option reaches them
         assert yaml.safe_load((run / stage / "args.yaml").read_text())["cache_images"] is True, stage
-    # the output distillation's weight: auto's, from the mAP50s the baseline and prune stages measured
-    from obbslim.distill.run import auto_output_weight
+    # the output distillation's weight and terms: auto's, from the mAP50s of the baseline and prune stages
+    from obbslim.distill.run import auto_output
 
     info = {s: full["stages"][s]["info"] for s in ("1_baseline", "3_prune")}
-    weight = auto_output_weight(info["3_prune"]["mAP50"]["pruned_folded"], info["1_baseline"]["best_mAP50"])
-    assert yaml.safe_load((run / "4_distill" / "args.yaml").read_text())["kd_output"] == weight
-    assert f"--kd-output {weight}" in report
+    pick = auto_output(info["3_prune"]["mAP50"]["pruned_folded"], info["1_baseline"]["best_mAP50"])
+    stored = yaml.safe_load((run / "4_distill" / "args.yaml").read_text())
+    assert stored["kd_output"] == pick["kd_output"]
+    assert stored["kd_output_terms"] == list(pick["kd_output_terms"])
+    assert f"--kd-output {pick['kd_output']} --kd-output-terms {' '.join(pick['kd_output_terms'])}" in report
 
 
 def test_rerun_runs_only_the_missing_stage(full, synth, monkeypatch):
@@ -168,7 +170,8 @@ def test_teacher_skips_the_baseline(full, synth, tmp_path):
     assert str(Path(teacher).resolve()) in (run / "2_sparse" / "args.yaml").read_text()
     distill_args = (run / "4_distill" / "args.yaml").read_text()
     assert str(Path(teacher).resolve()) in distill_args
-    assert isinstance(yaml.safe_load(distill_args)["kd_output"], float)  # auto, measured by distill
+    stored = yaml.safe_load(distill_args)  # auto, measured by distill
+    assert isinstance(stored["kd_output"], float) and "auto" not in stored["kd_output_terms"]
     assert "skipped: teacher given" in Path(res["report"]).read_text()
 
 

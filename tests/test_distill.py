@@ -423,24 +423,31 @@ def test_distill_ddp_two_cpu_processes(files, tmp_path):
     assert {k.split(".")[0] for k in ck["extra_state"]} == {"adapters"}
 
 
-@pytest.mark.parametrize(
-    "student, teacher, weight",
-    [(0.0001, 0.80, 1.0), (0.39, 0.80, 1.0), (0.40, 0.80, 0.0), (0.68, 0.79, 0.0), (0.0, 0.0, 0.0)],
-)
-def test_auto_output_weight_by_hand(student, teacher, weight):
-    """Outputs on below half of the teacher's mAP50 (bench_distill's destroyed students), off from half
-    (the demo's slimmed students keep 86%); an untrained pair (0 and 0) gets the features alone."""
-    from obbslim.distill.run import auto_output_weight
-
-    assert auto_output_weight(student, teacher) == weight
+ALL_TERMS = ("box", "obj", "cls", "theta")
 
 
 @pytest.mark.parametrize(
-    "maps, weight", [({"student": 0.1, "teacher": 0.8}, 1.0), ({"student": 0.7, "teacher": 0.8}, 0.0)]
+    "student, teacher, terms",
+    [(0.0001, 0.80, ALL_TERMS), (0.39, 0.80, ALL_TERMS), (0.40, 0.80, ("theta",)), (0.68, 0.79, ("theta",)),
+     (0.0, 0.0, ("theta",))],
 )
-def test_distill_auto_stores_the_weight_it_chose(files, tmp_path, monkeypatch, capsys, maps, weight):
+def test_auto_output_by_hand(student, teacher, terms):
+    """Every output term below half of the teacher's mAP50 (bench_distill's destroyed students), the angle
+    bins alone from half (the demo's slimmed students keep 76-87%); an untrained pair (0 and 0) gets the
+    light choice. The weight is 1 in both cases."""
+    from obbslim.distill.run import auto_output
+
+    assert auto_output(student, teacher) == {"kd_output": 1.0, "kd_output_terms": terms}
+
+
+@pytest.mark.parametrize(
+    "maps, terms",
+    [({"student": 0.1, "teacher": 0.8}, ALL_TERMS), ({"student": 0.7, "teacher": 0.8}, ("theta",))],
+)
+def test_distill_auto_stores_what_it_chose(files, tmp_path, monkeypatch, capsys, maps, terms):
     """kd_output 'auto' (the default) measures both checkpoints, says what it chose, and the run's stored
-    options hold the number (a resumed run rebuilds the same Distiller)."""
+    options hold it (a resumed run rebuilds the same Distiller); the terms it left out stay 0 in
+    results.csv."""
     import obbslim.distill.run
     from obbslim.distill import distill
 
@@ -456,5 +463,56 @@ def test_distill_auto_stores_the_weight_it_chose(files, tmp_path, monkeypatch, c
     r = distill(files["student"], files["teacher"], **run_opts(files, tmp_path, epochs=1, verbose=True))
     assert len(seen) == 2 and all(0.0 <= m <= 1.0 for m in seen)
     ck = torch.load(r["last"], map_location="cpu", weights_only=True)
-    assert ck["train_args"]["kd_output"] == weight
-    assert f"--kd-output auto -> {weight:g}" in capsys.readouterr().out
+    assert ck["train_args"]["kd_output"] == 1.0 and ck["train_args"]["kd_output_terms"] == list(terms)
+    assert f"--kd-output auto -> 1 on {' '.join(terms)} and the features" in capsys.readouterr().out
+    row = ResultsCSV(Path(r["last"]).parent.parent / "results.csv").read()[-1]
+    assert {k for k in ALL_TERMS if float(row[f"kd_{k}"]) != 0.0} == set(terms)
+
+
+@pytest.mark.parametrize(
+    "given, stored",
+    [
+        ({"kd_output": 0.5}, (0.5, ALL_TERMS)),
+        ({"kd_output": 0.5, "kd_output_terms": ["cls"]}, (0.5, ("cls",))),
+        ({"kd_output_terms": ["box", "theta"]}, (1.0, ("box", "theta"))),
+    ],
+)
+def test_named_output_weight_and_terms_are_kept(files, tmp_path, monkeypatch, given, stored):
+    """A number for kd_output distils every term unless terms are named; terms named beside auto keep
+    auto's weight (the mAP50s are faked: a student near its teacher)."""
+    import obbslim.distill.run
+    from obbslim.distill.run import resolve_output_weight
+    from obbslim.options import DistillConfig
+
+    monkeypatch.setattr(obbslim.distill.run, "_val_map50", lambda path, cfg, split: 0.7)
+    cfg = DistillConfig.of(files["student"], files["teacher"], files["synth"], 1, **given)
+    got = resolve_output_weight(cfg)
+    assert (got.kd_output, tuple(got.kd_output_terms)) == stored
+
+
+@pytest.mark.parametrize("bad", [(), ("auto", "box"), ("angle",), "theta"])
+def test_bad_output_terms_are_refused(bad):
+    from obbslim.options import DistillConfig
+
+    with pytest.raises(ObbslimError, match="--kd-output-terms must be auto or some of box obj cls theta"):
+        DistillConfig(kd_output_terms=bad)
+
+
+def test_distiller_leaves_out_the_terms_not_named():
+    """Only the named output terms reach the loss; the same pair with every term gives them all."""
+    teacher, student = tiny(0.125), tiny(0.0625)
+    student.train()
+    imgs = torch.rand(2, 3, 64, 64)
+    targets = torch.tensor([[0, 1, 30.0, 30.0, 20.0, 10.0, 0.2]])
+    logged = {}
+    for terms in (ALL_TERMS, ("theta",)):
+        d = Distiller(teacher, [int(m.weight.shape[1]) for m in student.detect.m], output_weight=1.0,
+                      feature_weight=0.0, output_terms=terms, box_thresh=0.0)  # fmt: skip
+        d.bind(student)
+        _, items = d(student(imgs), imgs, targets)
+        d.unbind()
+        logged[terms] = {k: float(v) for k, v in items.items()}
+    every, theta = logged[ALL_TERMS], logged[("theta",)]
+    assert all(every[k] > 0 for k in ("kd_box", "kd_obj", "kd_cls", "kd_theta")), every
+    assert theta["kd_theta"] == pytest.approx(every["kd_theta"])
+    assert theta["kd_box"] == theta["kd_obj"] == theta["kd_cls"] == theta["kd_feat"] == 0.0

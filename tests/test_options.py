@@ -71,6 +71,17 @@ def test_auto_or_a_number():
     assert cmd == "obbslim distill --kd-output 1.0"
 
 
+def test_output_terms_parse_and_print():
+    """--kd-output-terms takes auto (the default) or some of the four output terms, and prints back."""
+    assert DistillConfig().kd_output_terms == ("auto",)
+    got = parse(DistillConfig, ["--kd-output-terms", "theta", "cls"], exclude=("model",))
+    assert list(got.kd_output_terms) == ["theta", "cls"]
+    with pytest.raises(SystemExit):
+        parse(DistillConfig, ["--kd-output-terms", "angle"], exclude=("model",))
+    cmd = DistillConfig.command("obbslim distill", {"kd_output": 1.0, "kd_output_terms": ("theta",)})
+    assert cmd == "obbslim distill --kd-output 1.0 --kd-output-terms theta"
+
+
 def test_command_line_round_trips_through_the_parser():
     args = dict(
         data="d.yaml",

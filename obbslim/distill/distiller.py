@@ -25,7 +25,9 @@ from obbslim.engine.loss import OBBLoss
 from obbslim.errors import ObbslimError
 from obbslim.model import OBBModel
 from obbslim.options import DistillConfig
+from obbslim.options.checks import AUTO
 from obbslim.options.train import KD_FEATURE_TYPES as FEATURE_TYPES
+from obbslim.options.train import KD_OUTPUT_TERMS as OUTPUT_TERMS
 from obbslim.utils.device import de_parallel
 
 TERMS = ("kd_box", "kd_obj", "kd_cls", "kd_theta", "kd_feat")
@@ -70,9 +72,9 @@ class Distiller(Callback, nn.Module):
     """``extra_loss(raw, imgs, targets) -> (loss, {kd_box, kd_obj, kd_cls, kd_theta, kd_feat})``.
 
     ``loss = batch * (output_weight * sum(gain_k * output term k) + feature_weight * gain_feat * feat)``,
-    on the scale of train()'s YOLOv5 detection loss; the logged items are the gain-weighted terms
-    without the batch factor (like box/obj/cls/theta). ``teacher`` is an OBBModel (frozen here);
-    ``student_ch`` the student's Detect input widths.
+    on the scale of train()'s YOLOv5 detection loss, k over ``output_terms`` (the others stay 0); the
+    logged items are the gain-weighted terms without the batch factor (like box/obj/cls/theta).
+    ``teacher`` is an OBBModel (frozen here); ``student_ch`` the student's Detect input widths.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class Distiller(Callback, nn.Module):
         cls_kind: str = DistillConfig.kd_cls,
         box_thresh: float = DistillConfig.kd_box_thresh,
         gains: dict | None = None,
+        output_terms: Sequence[str] = OUTPUT_TERMS,
         teacher_name: str = "teacher",
         student_name: str = "student",
     ):
@@ -113,6 +116,10 @@ class Distiller(Callback, nn.Module):
         self.temp, self.feature_temp, self.feature_type = float(temp), float(feature_temp), feature_type
         self.cls_kind, self.box_thresh = cls_kind, float(box_thresh)
         self.gains = {**DEFAULT_GAINS, **(gains or {})}
+        # "auto" is what a run recorded before the option existed holds: every term, as it was trained
+        self.output_terms = OUTPUT_TERMS if list(output_terms) == [AUTO] else tuple(output_terms)
+        if not set(self.output_terms) <= set(OUTPUT_TERMS):
+            raise ObbslimError(f"output terms must be some of {OUTPUT_TERMS}, got {tuple(output_terms)}")
         self.teacher_name, self.student_name = str(teacher_name), str(student_name)
         self._assign = OBBLoss(teacher)  # the YOLOv5 cell assignment, for the mimic mask
         self._t_feats: list | None = None
@@ -132,7 +139,8 @@ class Distiller(Callback, nn.Module):
             teacher, student_ch=student_arch["layers"][-1]["ch"], output_weight=cfg.kd_output,
             feature_weight=cfg.kd_feature, temp=cfg.kd_temp, feature_type=cfg.kd_feature_type,
             feature_temp=cfg.kd_feature_temp, cls_kind=cfg.kd_cls, box_thresh=cfg.kd_box_thresh,
-            gains=cfg.kd_gains or None, teacher_name=cfg.teacher, student_name=student_name,
+            gains=cfg.kd_gains or None, output_terms=cfg.kd_output_terms, teacher_name=cfg.teacher,
+            student_name=student_name,
         )  # fmt: skip
 
     # -- the training callback
@@ -196,8 +204,8 @@ class Distiller(Callback, nn.Module):
             out = output_losses(
                 raw, t_raw, det.nc, s_anchors, t_anchors, self.temp, self.cls_kind, self.box_thresh
             )
-            for k, v in out.items():
-                terms[f"kd_{k}"] = v * self.gains[k] * self.output_weight
+            for k in self.output_terms:
+                terms[f"kd_{k}"] = out[k] * self.gains[k] * self.output_weight
         if self.feature_weight:
             if self._s_feats is None or self._t_feats is None:
                 raise ObbslimError("Distiller: no student features captured; call bind(student) first")

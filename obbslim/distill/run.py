@@ -24,6 +24,7 @@ from obbslim.eval.val import val
 from obbslim.model import load, read_checkpoint
 from obbslim.options import DistillConfig
 from obbslim.options.checks import AUTO
+from obbslim.options.train import KD_OUTPUT_TERMS as OUTPUT_TERMS
 from obbslim.prune.sparsity import SparsityCallback
 from obbslim.utils.device import select_device
 
@@ -34,11 +35,12 @@ def distill(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> d
     ``data`` with checkpoint ``teacher``.
 
     ``kd_output`` / ``kd_feature`` weight the output and feature distillation (0 turns one off; both 0 is
-    plain fine-tuning; ``kd_output="auto"``, the default, is :func:`auto_output_weight` of both models'
-    val mAP50, measured first), ``kd_temp`` is the output temperature (classes and angle bins),
-    ``kd_feature_type`` ``cwd`` (channel-wise distillation, temperature ``kd_feature_temp``) or ``mimic``
-    (MSE on the cells near ground-truth objects), ``kd_cls`` ``bce`` (per-class soft-target BCE minus the
-    teacher's entropy) or ``kl`` (softmax KL over the classes). The other options are ``train``'s.
+    plain fine-tuning; ``kd_output="auto"``, the default, is :func:`auto_output` of both models' val mAP50,
+    measured first), ``kd_output_terms`` the output terms distilled (auto's pick by default), ``kd_temp``
+    is the output temperature (classes and angle bins), ``kd_feature_type`` ``cwd`` (channel-wise
+    distillation, temperature ``kd_feature_temp``) or ``mimic`` (MSE on the cells near ground-truth
+    objects), ``kd_cls`` ``bce`` (per-class soft-target BCE minus the teacher's entropy) or ``kl``
+    (softmax KL over the classes). The other options are ``train``'s.
     ``resume`` continues a distill run (its directory or last.pt) with its stored options. Returns
     ``train``'s result dict.
     """
@@ -70,37 +72,46 @@ def distill(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> d
         distiller.unbind()
 
 
-#: below this fraction of its teacher's mAP50 the student learns from the teacher's outputs
+#: below this fraction of its teacher's mAP50 the student learns from every output term of the teacher
 AUTO_KEEP = 0.5
+#: what a student at or above AUTO_KEEP learns from the teacher's outputs: the angle bins' distribution
+NEAR_TERMS = ("theta",)
 
 
-def auto_output_weight(student_map50: float, teacher_map50: float) -> float:
-    """``kd_output="auto"``: 1 (outputs and features) for a student below ``AUTO_KEEP`` of its teacher's
-    mAP50, else 0 (features only).
+def auto_output(student_map50: float, teacher_map50: float) -> dict[str, Any]:
+    """``kd_output="auto"``: weight 1 on every output term (box, obj, cls, theta) for a student below
+    ``AUTO_KEEP`` of its teacher's mAP50, else on the angle term alone; the features are distilled in both
+    cases (``kd_feature``). Returns the two options, ``kd_output`` and ``kd_output_terms``.
 
-    Why: a student far below its teacher (pruned without sparsity training: bench_distill) learns from
-    the teacher's outputs, which beat fine-tuning on all 7 teacher-seed pairs measured, while a student that
-    starts near its teacher (slimmed after sparsity training: the demo keeps 86% of it) outgrows it, and
-    copying the teacher's outputs held it back (outputs + features lost to fine-tuning on all 5 such runs,
-    the features alone won every fresh one). README, Distillation."""
-    return 1.0 if student_map50 < AUTO_KEEP * teacher_map50 else 0.0
+    Why: a student far below its teacher (pruned without sparsity training: bench_distill) has everything
+    to learn from the teacher's outputs (they beat fine-tuning on all 7 teacher-seed pairs measured). A
+    student that starts near it (slimmed after sparsity training: the demo's keep 76-87%) outgrows a
+    30-epoch teacher, and copying its boxes, objectness and classes held it back; the teacher's angle
+    distribution (the CSL bins: which other angles are plausible) still helps: it beat fine-tuning on the
+    demo's three seeds, where the features alone or every output term did not (README, Distillation)."""
+    far = student_map50 < AUTO_KEEP * teacher_map50
+    return {"kd_output": 1.0, "kd_output_terms": OUTPUT_TERMS if far else NEAR_TERMS}
 
 
 def resolve_output_weight(cfg: DistillConfig) -> DistillConfig:
-    """``cfg`` with ``kd_output="auto"`` replaced by its number, from the val mAP50 of the student and of
-    the teacher (so the run's stored options, and a resumed run, hold the weight it used)."""
+    """``cfg`` with ``kd_output="auto"`` and ``kd_output_terms=("auto",)`` replaced by what they stand for:
+    auto's pick (:func:`auto_output`) from the val mAP50 of the student and of the teacher, terms the user
+    named kept; a number given for ``kd_output`` distils every term unless terms are named. The run's stored
+    options (and a resumed run) hold what it used."""
+    terms = None if list(cfg.kd_output_terms) == [AUTO] else tuple(cfg.kd_output_terms)
     if cfg.kd_output != AUTO:
-        return cfg
+        return cfg.replace(kd_output_terms=terms or OUTPUT_TERMS)
     split = "val" if load_data_yaml(cfg.data).get("val") else "train"  # data without a val split: train
     maps = {"student": _val_map50(cfg.student, cfg, split), "teacher": _val_map50(cfg.teacher, cfg, split)}
-    weight = auto_output_weight(maps["student"], maps["teacher"])
+    pick = auto_output(maps["student"], maps["teacher"])
+    pick["kd_output_terms"] = terms or pick["kd_output_terms"]
     if cfg.verbose:
         keep = maps["student"] / maps["teacher"] if maps["teacher"] > 0 else 0.0
-        what = "outputs and features" if weight else "features only"
-        print(f"distill: --kd-output auto -> {weight:g} ({what}): the student's val mAP50 "
-              f"{maps['student']:.4f} is {keep:.0%} of the teacher's {maps['teacher']:.4f} "
-              f"(outputs below {AUTO_KEEP:.0%})")
-    return cfg.replace(kd_output=weight)
+        terms = " ".join(pick["kd_output_terms"])
+        print(f"distill: --kd-output auto -> {pick['kd_output']:g} on {terms} and "
+              f"the features: the student's val mAP50 {maps['student']:.4f} is {keep:.0%} of the teacher's "
+              f"{maps['teacher']:.4f} (every output term below {AUTO_KEEP:.0%}, the angle bins alone above)")
+    return cfg.replace(**pick)
 
 
 def _val_map50(weights: str | Path, cfg: DistillConfig, split: str) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from obbslim.errors import ObbslimError
 from obbslim.options.base import Options, option, threads_option, workers_option
 from obbslim.options.checks import (
     AUTO,
@@ -24,6 +25,7 @@ SPARSITY_WEIGHTINGS = ("none", "flops")
 SPARSITY_MODES = ("prox", "subgradient")
 KD_FEATURE_TYPES = ("cwd", "mimic")
 KD_CLS_KINDS = ("bce", "kl")
+KD_OUTPUT_TERMS = ("box", "obj", "cls", "theta")
 
 
 @dataclass
@@ -155,10 +157,18 @@ class DistillConfig(SparseTrainConfig):
     )
     kd_output: float | str = option(
         AUTO,
-        "weight of the output distillation, 0 off; auto (default): 1 for a student that starts below half of "
-        "its teacher's val mAP50, else 0 (README, Distillation)",
+        "weight of the output distillation, 0 off; auto (default): 1, on every output term for a student "
+        "that starts below half of its teacher's val mAP50, else on the angle bins alone (README, "
+        "Distillation)",
         type=number_or_auto,
         check=auto_or(non_negative()),
+    )
+    kd_output_terms: tuple[str, ...] = option(
+        (AUTO,),
+        "the output terms distilled: some of box obj cls theta; auto (default): --kd-output auto's pick, "
+        "else all four",
+        nargs="+",
+        choices=(AUTO, *KD_OUTPUT_TERMS),
     )
     kd_feature: float = option(1.0, "weight of the feature distillation (0 off)", check=non_negative())
     kd_temp: float = option(1.0, "output temperature T (classes, angle bins)", check=positive())
@@ -178,6 +188,20 @@ class DistillConfig(SparseTrainConfig):
     kd_gains: dict | None = option(
         None, "per-term gains over the defaults (box, obj, cls, theta, feat)", cli=False
     )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.kd_output_terms, list):  # from the parser or a record: one spelling
+            self.kd_output_terms = tuple(self.kd_output_terms)
+        super().__post_init__()
+
+    def check_together(self) -> None:
+        super().check_together()
+        terms = self.kd_output_terms
+        ok = not isinstance(terms, str) and bool(terms) and (
+            list(terms) == [AUTO] or all(t in KD_OUTPUT_TERMS for t in terms))
+        if not ok:
+            raise ObbslimError(
+                f"--kd-output-terms must be auto or some of {' '.join(KD_OUTPUT_TERMS)}, got {terms!r}")
 
     @classmethod
     def from_record(cls, record: dict) -> DistillConfig:

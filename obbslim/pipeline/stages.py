@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from obbslim.deploy.benchmark import benchmark
-from obbslim.distill.run import auto_output_weight, distill
+from obbslim.distill.run import auto_output, distill
 from obbslim.errors import ObbslimError
 from obbslim.model import read_checkpoint
 from obbslim.options import (
@@ -221,8 +221,8 @@ def prune(ctx: Context) -> Stage:
 
 def distilled(ctx: Context) -> Stage:
     """The pruned model fine-tuned with distillation from the baseline. The output distillation's weight
-    is ``auto``'s, from the mAP50s the baseline and pruning stages measured (``distill`` measures them
-    itself for a given teacher); the printed command shows the number."""
+    and terms are ``auto``'s, from the mAP50s the baseline and pruning stages measured (``distill``
+    measures them itself for a given teacher); the printed command shows them."""
     c, pruned = ctx.cfg, ctx.out("3_prune")
     key = {
         "pruned": ctx.markers["3_prune"]["id"],
@@ -243,7 +243,7 @@ def distilled(ctx: Context) -> Stage:
         data=c.data,
         epochs=c.epochs_distill,
         noautoanchor=True,
-        **({"kd_output": auto_output_weight(pruned_map, teacher_map)} if known else {}),
+        **(auto_output(pruned_map, teacher_map) if known else {}),
     )
 
 
