@@ -161,6 +161,18 @@ def test_output_losses_zero_for_identical_and_positive_per_term():
             assert out[other].item() == pytest.approx(0.0, abs=1e-5), (name, other)
 
 
+def test_output_losses_computes_only_the_terms_asked():
+    """A subset of terms gives the same values as the full computation for those terms, 0 for the rest."""
+    t, s = rand_raw(seed=0), rand_raw(seed=1)
+    for p in t:
+        p[..., 4] = 3.0  # every cell confident: the box term is active
+    full = output_losses(s, t, NC, ANCHORS)
+    for terms in (("theta",), ("box", "cls")):
+        part = output_losses(s, t, NC, ANCHORS, terms=terms)
+        for k in full:
+            assert part[k].item() == (pytest.approx(full[k].item()) if k in terms else 0.0), (terms, k)
+
+
 def test_output_losses_weighted_by_teacher_objectness():
     """Class/angle disagreement where the teacher sees background barely counts; the box term only
     acts where the teacher is confident; the value is the obj-weighted mean (checked by hand)."""

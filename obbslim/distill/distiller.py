@@ -202,7 +202,8 @@ class Distiller(Callback, nn.Module):
             t_anchors = _grid_anchors(det)
             s_anchors = _grid_anchors(self._s_detect[0]) if self._s_detect else t_anchors
             out = output_losses(
-                raw, t_raw, det.nc, s_anchors, t_anchors, self.temp, self.cls_kind, self.box_thresh
+                raw, t_raw, det.nc, s_anchors, t_anchors, self.temp, self.cls_kind, self.box_thresh,
+                terms=self.output_terms,
             )
             for k in self.output_terms:
                 terms[f"kd_{k}"] = out[k] * self.gains[k] * self.output_weight

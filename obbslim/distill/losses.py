@@ -70,8 +70,10 @@ def output_losses(
     cls_kind: str = "bce",
     box_thresh: float = 0.5,
     balance: list[float] | None = None,
+    terms: tuple[str, ...] = ("box", "obj", "cls", "theta"),
 ) -> dict[str, torch.Tensor]:
-    """The four output-distillation terms (unweighted means) for raw level tensors ``[B, na, H, W, no]``.
+    """The four output-distillation terms (unweighted means) for raw level tensors ``[B, na, H, W, no]``;
+    only those in ``terms`` are computed (the others are 0: the box term's decoding costs a distill step).
 
     - ``cls``: per-class Bernoulli KL (``cls_kind='bce'``, soft-target BCE minus the teacher entropy) or
       a softmax KL over the classes (``'kl'``), temperature ``temp``; teacher-objectness-weighted mean;
@@ -94,17 +96,18 @@ def output_losses(
         t = t.detach().float()
         w = t[..., 4].sigmoid()
         w_sum = w_sum + w.sum()
-        if nc > 1 or cls_kind == "bce":
+        if "cls" in terms and (nc > 1 or cls_kind == "bce"):
             if cls_kind == "bce":
                 kc = bernoulli_kl(s[..., 5:c0], t[..., 5:c0], temp).mean(-1)
             else:
                 kc = softmax_kl(s[..., 5:c0], t[..., 5:c0], temp)
             cls_sum = cls_sum + (w * kc).sum()
-        if s.shape[-1] > c0:
+        if "theta" in terms and s.shape[-1] > c0:
             th_sum = th_sum + (w * softmax_kl(s[..., c0:], t[..., c0:], temp)).sum()
-        obj = obj + bernoulli_kl(s[..., 4], t[..., 4]).mean() * balance[i]
+        if "obj" in terms:
+            obj = obj + bernoulli_kl(s[..., 4], t[..., 4]).mean() * balance[i]
         conf = w > box_thresh
-        if conf.any():
+        if "box" in terms and conf.any():
             sb = decode_grid_boxes(s, s_anchors[i])[conf]
             tb = decode_grid_boxes(t, t_anchors[i])[conf]
             wc = w[conf]
