@@ -478,7 +478,9 @@ def test_distill_auto_stores_what_it_chose(files, tmp_path, monkeypatch, capsys,
     assert ck["train_args"]["kd_output"] == 1.0 and ck["train_args"]["kd_output_terms"] == list(terms)
     assert f"--kd-output auto -> 1 on {' '.join(terms)} and the features" in capsys.readouterr().out
     row = ResultsCSV(Path(r["last"]).parent.parent / "results.csv").read()[-1]
-    assert {k for k in ALL_TERMS if float(row[f"kd_{k}"]) != 0.0} == set(terms)
+    nonzero = {k for k in ALL_TERMS if float(row[f"kd_{k}"]) != 0.0}
+    # the box term counts only where the teacher's objectness > 0.5: nowhere for this untrained teacher
+    assert nonzero <= set(terms) and set(terms) - {"box"} <= nonzero, (nonzero, terms)
 
 
 @pytest.mark.parametrize(
