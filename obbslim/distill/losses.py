@@ -30,10 +30,13 @@ def bernoulli_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temp: float = 1
 
 
 def softmax_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temp: float = 1.0) -> torch.Tensor:
-    """KL(softmax(t/T) || softmax(s/T)) * T^2 over the last dim (summed), shape ``[...]``."""
-    ls = F.log_softmax(s_logits.float() / temp, -1)
-    lt = F.log_softmax(t_logits.float() / temp, -1)
-    return F.kl_div(ls, lt, reduction="none", log_target=True).sum(-1) * temp**2
+    """KL(softmax(t/T) || softmax(s/T)) * T^2 over the last dim (summed), shape ``[...]``. At T = 1 the
+    division and the factor are skipped (exact: the same numbers, two fewer passes over the angle bins)."""
+    s, t = s_logits.float(), t_logits.float()
+    if temp != 1.0:
+        s, t = s / temp, t / temp
+    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), reduction="none", log_target=True).sum(-1)
+    return kl if temp == 1.0 else kl * temp**2
 
 
 def decode_grid_boxes(raw: torch.Tensor, anchors_grid: torch.Tensor) -> torch.Tensor:
