@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from obbslim.engine.loss import BALANCE
 from obbslim.options.train import KD_CLS_KINDS as CLS_KINDS
+from obbslim.options.train import KD_OUTPUT_TERMS as OUTPUT_TERMS
 
 
 def bernoulli_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temp: float = 1.0) -> torch.Tensor:
@@ -73,7 +74,7 @@ def output_losses(
     cls_kind: str = "bce",
     box_thresh: float = 0.5,
     balance: list[float] | None = None,
-    terms: tuple[str, ...] = ("box", "obj", "cls", "theta"),
+    terms: tuple[str, ...] = OUTPUT_TERMS,
 ) -> dict[str, torch.Tensor]:
     """The four output-distillation terms (unweighted means) for raw level tensors ``[B, na, H, W, no]``;
     only those in ``terms`` are computed (the others are 0: the box term's decoding costs a distill step).
@@ -109,8 +110,8 @@ def output_losses(
             th_sum = th_sum + (w * softmax_kl(s[..., c0:], t[..., c0:], temp)).sum()
         if "obj" in terms:
             obj = obj + bernoulli_kl(s[..., 4], t[..., 4]).mean() * balance[i]
-        conf = w > box_thresh
-        if "box" in terms and conf.any():
+        conf = w > box_thresh if "box" in terms else None
+        if conf is not None and conf.any():
             sb = decode_grid_boxes(s, s_anchors[i])[conf]
             tb = decode_grid_boxes(t, t_anchors[i])[conf]
             wc = w[conf]
