@@ -25,9 +25,9 @@ from obbslim.engine.loss import OBBLoss
 from obbslim.errors import ObbslimError
 from obbslim.model import OBBModel
 from obbslim.options import DistillConfig
-from obbslim.options.checks import AUTO
 from obbslim.options.train import KD_FEATURE_TYPES as FEATURE_TYPES
 from obbslim.options.train import KD_OUTPUT_TERMS as OUTPUT_TERMS
+from obbslim.options.train import named_output_terms
 from obbslim.utils.device import de_parallel
 
 TERMS = ("kd_box", "kd_obj", "kd_cls", "kd_theta", "kd_feat")
@@ -117,7 +117,7 @@ class Distiller(Callback, nn.Module):
         self.cls_kind, self.box_thresh = cls_kind, float(box_thresh)
         self.gains = {**DEFAULT_GAINS, **(gains or {})}
         # "auto" is what a run recorded before the option existed holds: every term, as it was trained
-        self.output_terms = OUTPUT_TERMS if list(output_terms) == [AUTO] else tuple(output_terms)
+        self.output_terms = named_output_terms(output_terms) or OUTPUT_TERMS
         if not set(self.output_terms) <= set(OUTPUT_TERMS):
             raise ObbslimError(f"output terms must be some of {OUTPUT_TERMS}, got {tuple(output_terms)}")
         self.teacher_name, self.student_name = str(teacher_name), str(student_name)

@@ -25,6 +25,7 @@ from obbslim.model import load, read_checkpoint
 from obbslim.options import DistillConfig
 from obbslim.options.checks import AUTO
 from obbslim.options.train import KD_OUTPUT_TERMS as OUTPUT_TERMS
+from obbslim.options.train import named_output_terms
 from obbslim.prune.sparsity import SparsityCallback
 from obbslim.utils.device import select_device
 
@@ -98,13 +99,13 @@ def resolve_output_weight(cfg: DistillConfig) -> DistillConfig:
     auto's pick (:func:`auto_output`) from the val mAP50 of the student and of the teacher, terms the user
     named kept; a number given for ``kd_output`` distils every term unless terms are named. The run's stored
     options (and a resumed run) hold what it used."""
-    terms = None if list(cfg.kd_output_terms) == [AUTO] else tuple(cfg.kd_output_terms)
+    named = named_output_terms(cfg.kd_output_terms)
     if cfg.kd_output != AUTO:
-        return cfg.replace(kd_output_terms=terms or OUTPUT_TERMS)
+        return cfg.replace(kd_output_terms=named or OUTPUT_TERMS)
     split = "val" if load_data_yaml(cfg.data).get("val") else "train"  # data without a val split: train
     maps = {"student": _val_map50(cfg.student, cfg, split), "teacher": _val_map50(cfg.teacher, cfg, split)}
     pick = auto_output(maps["student"], maps["teacher"])
-    pick["kd_output_terms"] = terms or pick["kd_output_terms"]
+    pick["kd_output_terms"] = named or pick["kd_output_terms"]
     if cfg.verbose:
         keep = maps["student"] / maps["teacher"] if maps["teacher"] > 0 else 0.0
         terms = " ".join(pick["kd_output_terms"])

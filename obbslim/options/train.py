@@ -28,6 +28,11 @@ KD_CLS_KINDS = ("bce", "kl")
 KD_OUTPUT_TERMS = ("box", "obj", "cls", "theta")
 
 
+def named_output_terms(terms) -> tuple[str, ...] | None:
+    """The output terms a ``kd_output_terms`` value names, or None for ``auto`` (the command chooses)."""
+    return None if list(terms) == [AUTO] else tuple(terms)
+
+
 @dataclass
 class TrainConfig(Options):
     """Every option of the training engine (``obbslim.engine.train.train``)."""
@@ -198,7 +203,7 @@ class DistillConfig(SparseTrainConfig):
         super().check_together()
         terms = self.kd_output_terms
         ok = not isinstance(terms, str) and bool(terms) and (
-            list(terms) == [AUTO] or all(t in KD_OUTPUT_TERMS for t in terms))
+            named_output_terms(terms) is None or all(t in KD_OUTPUT_TERMS for t in terms))
         if not ok:
             raise ObbslimError(
                 f"--kd-output-terms must be auto or some of {' '.join(KD_OUTPUT_TERMS)}, got {terms!r}")
