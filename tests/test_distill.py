@@ -264,7 +264,14 @@ def test_distiller_identical_student_gives_zero_and_teacher_stays_out():
     teacher = tiny(0.125)
     student = copy.deepcopy(teacher)
     ch = [m.weight.shape[1] for m in student.detect.m]
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        unfused = [t.clone() for t in teacher.eval()(x)[1]]
     d = Distiller(teacher, ch, feature_type="cwd", output_weight=1.0)
+    # the teacher's BatchNorms are folded into its convs: the same outputs
+    assert teacher.fused and not student.fused
+    for a, b in zip(d.teacher_forward(x), unfused):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     # only the adapters are parameters / state; the teacher is frozen and in eval mode
     assert {k.split(".")[0] for k in d.state_dict()} == {"adapters"}
     assert sum(p.numel() for p in d.parameters()) == sum(p.numel() for p in d.adapters.parameters())
@@ -347,7 +354,8 @@ def test_distill_run_keeps_teacher_bitwise_and_resumes_exactly(files, tmp_path, 
     kd = dict(kd_temp=2.0, kd_feature_type="cwd")
     full = distill(files["student"], files["teacher"], **run_opts(files, tmp_path, name="full"), **kd)
     teacher = teachers[0]
-    before = load(files["teacher"]).state_dict()
+    before = load(files["teacher"]).fuse().state_dict()  # the Distiller folds the teacher's BN once
+    assert before.keys() == teacher.state_dict().keys()
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # weights and BN buffers
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert not any(m.training for m in teacher.modules())
