@@ -9,7 +9,6 @@ BIN := $(VENV)/bin
 # is installed only when no torch imports, so a user's own CUDA build is kept.
 $(VENV): pyproject.toml
 	$(PY) -m venv --system-site-packages $(VENV) 2>/dev/null || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(VENV)

@@ -159,6 +159,48 @@ def test_interrupted_training_stage_continues(full, synth, monkeypatch):
     assert again["stages"]["4_finetune"]["info"]["epochs"] == 2
 
 
+def test_finetune_runs_beside_the_distillation(full, synth):
+    """On CPU with 2 threads the ablation trains in a second process on one thread while the distillation
+    trains here on the other; its marker, weights and log are written and the benchmark follows."""
+    from obbslim.pipeline import compress
+
+    run = Path(full["run_dir"])
+    for stage in ("4_distill", "4_finetune"):
+        (run / stage / "stage.json").unlink()
+    again = compress(**opts(synth, run.parent, threads=2))
+    assert again["ran"] == ["4_distill", "4_finetune", "5_benchmark"]
+    for stage in ("4_distill", "4_finetune"):
+        marker = again["stages"][stage]
+        assert marker["done"] and "--threads 1" in marker["command"], marker["command"]
+        assert all(Path(p).is_file() for p in marker["outputs"].values())
+    assert (run / "4_finetune.log").is_file()
+    # --serial (or one thread) runs them one after the other, in this process
+    for stage in ("4_distill", "4_finetune"):
+        (run / stage / "stage.json").unlink()
+    serial = compress(**opts(synth, run.parent, threads=2, serial=True))
+    assert all("--threads 2" in serial["stages"][s]["command"] for s in ("4_distill", "4_finetune"))
+
+
+def test_a_failure_beside_names_its_log(full, synth, monkeypatch):
+    from obbslim.pipeline import beside, compress
+
+    run = Path(full["run_dir"])
+    for stage in ("4_distill", "4_finetune"):
+        (run / stage / "stage.json").unlink()
+    real = beside.start
+
+    def missing_student(run_dir, cfg, markers, stage, log):
+        prune = {**markers["3_prune"], "outputs": {"weights": str(run / "missing.pt")}}
+        return real(run_dir, cfg, {**markers, "3_prune": prune}, stage, log)
+
+    monkeypatch.setattr(beside, "start", missing_student)
+    beside_4 = r"4_finetune failed in its process beside 4_distill.*4_finetune\.log"
+    with pytest.raises(ObbslimError, match=beside_4):
+        compress(**opts(synth, run.parent, threads=2))
+    assert "missing.pt" in (run / "4_finetune.log").read_text()
+    assert json.loads((run / "4_distill" / "stage.json").read_text())["done"]  # the distillation finished
+
+
 def test_teacher_skips_the_baseline(full, synth, tmp_path):
     from obbslim.pipeline import compress
 

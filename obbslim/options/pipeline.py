@@ -62,6 +62,9 @@ class CompressConfig(Options):
     bench_runs: int = option(50, "timed runs per model in the benchmark", check=COUNT)
     bench_warmup: int = option(10, "untimed warm-up runs in the benchmark", check=at_least(0))
     threads: int | None = threads_option("CPU threads of every stage")
+    serial: bool = option(False, "on CPU, run the fine-tuning ablation after the distillation, with every "
+                          "thread, instead of beside it in a second process, each on half of the threads",
+                          runtime=True)  # fmt: skip
     verbose: bool = option(True, "print progress and the table", cli=False, runtime=True)
 
 

@@ -26,14 +26,18 @@ from obbslim.errors import ObbslimError
 from obbslim.model import read_checkpoint
 from obbslim.options import CompressConfig
 from obbslim.options.train import SPARSITY_WEIGHTINGS
+from obbslim.pipeline import beside
 from obbslim.pipeline.report import claim, write_report
-from obbslim.pipeline.stages import SPECS, Context, Stage
+from obbslim.pipeline.stages import SPECS, STAGES, Context, Stage
+from obbslim.utils.device import select_device
 from obbslim.utils.io import atomic_write_text, claim_run_dir, run_path
 from obbslim.utils.lock import RunLock
 from obbslim.utils.threads import default_threads
 
 ARGS_FILE = "compress.json"
 MARKER = "stage.json"
+#: a stage that runs in a second process beside another on CPU (both need only the pruned model)
+BESIDE = {"4_distill": "4_finetune"}
 
 
 class StageInterrupted(Exception):
@@ -75,7 +79,7 @@ def _compress(cfg: CompressConfig, run_dir: Path) -> dict[str, Any]:
     else:
         cfg = _portable(cfg, run_dir)
         atomic_write_text(run_dir / ARGS_FILE, json.dumps(cfg.to_record(), indent=2) + "\n")
-    pipe = _Pipeline(run_dir, cfg)
+    pipe = Pipeline(run_dir, cfg)
     try:
         pipe.run_all()
     except StageInterrupted as e:
@@ -160,7 +164,7 @@ def _write_marker(stage_dir: Path, marker: dict) -> None:
     atomic_write_text(Path(stage_dir) / MARKER, json.dumps(marker, indent=2, default=str) + "\n")
 
 
-class _Pipeline:
+class Pipeline:
     """Runs the stages in order; each stage's marker is kept in ``markers`` for the next ones."""
 
     def __init__(self, run_dir: Path, cfg: CompressConfig):
@@ -179,7 +183,13 @@ class _Pipeline:
     def run_all(self) -> None:
         """Every stage in order: a spec built from the finished ones, then skipped, continued or run."""
         ctx = Context(self.cfg, self.dir, self.markers)
-        for spec in SPECS:
+        specs = dict(zip(STAGES, SPECS))
+        for name, spec in specs.items():
+            if name in self.markers:  # it ran beside another stage
+                continue
+            threads = self.beside_threads() if name in BESIDE else None
+            if threads and self.run_pair(spec, specs[BESIDE[name]], *threads):
+                continue
             stage = spec(ctx)
             if stage.given is not None:
                 self.log(f"compress: {stage.name} skipped, the teacher is {self.cfg.teacher}")
@@ -187,16 +197,60 @@ class _Pipeline:
             else:
                 self.markers[stage.name] = self.run_stage(stage)
 
-    def run_stage(self, stage: Stage) -> dict:
-        """Skip when complete with the same key; else run (or continue) it and write the done marker."""
-        sdir = self.dir / stage.name
-        old = read_marker(sdir)
-        if (
+    def beside_threads(self) -> tuple[int, int] | None:
+        """(this process's, the second process's) CPU threads when a BESIDE stage runs beside its partner:
+        on CPU with 2+ threads, unless ``serial``."""
+        if self.cfg.serial or select_device(self.cfg.device).type != "cpu":
+            return None
+        n = int(self.cfg.threads or default_threads())
+        return (n - n // 2, n // 2) if n >= 2 else None
+
+    def run_pair(self, main_spec: Callable, side_spec: Callable, n_main: int, n_side: int) -> bool:
+        """Run ``side_spec``'s stage in a second process while this one runs ``main_spec``'s, each on its
+        share of the threads. Returns False (nothing run) when either is complete already."""
+        main_cfg, side_cfg = self.cfg.replace(threads=n_main), self.cfg.replace(threads=n_side)
+        main = main_spec(Context(main_cfg, self.dir, self.markers))
+        side = side_spec(Context(side_cfg, self.dir, self.markers))
+        if self.complete(main) or self.complete(side):
+            return False
+        log_path = self.dir / f"{side.name}.log"
+        self.log(f"compress: {side.name} running beside {main.name} in a second process ({n_side} + {n_main} "
+                 f"CPU threads; --serial: one after the other) -> log {log_path}")  # fmt: skip
+        with open(log_path, "w") as log:
+            proc = beside.start(self.dir, side_cfg, self.markers, side.name, log)
+            try:
+                self.markers[main.name] = self.run_stage(main)
+            finally:  # stopped or failed here: the second process saves its last.pt and stops too
+                if proc.poll() is None and main.name not in self.markers:
+                    proc.terminate()
+                rc = proc.wait()
+        if rc == beside.INTERRUPTED:
+            raise StageInterrupted(side.name, None)
+        tail = log_path.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-12:]
+        if rc != 0:
+            raise ObbslimError(f"compress: {side.name} failed in its process beside {main.name} (exit {rc}); "
+                               f"the end of {log_path}:\n" + "\n".join(tail))  # fmt: skip
+        self.markers[side.name] = read_marker(self.dir / side.name)
+        self.ran.append(side.name)
+        done = [t for t in tail if "epochs completed" in t]
+        self.log(f"compress: {side.name} done: {done[-1].strip() if done else 'see ' + str(log_path)}")
+        return True
+
+    def complete(self, stage: Stage) -> bool:
+        """Whether a stage is done with the same key and its outputs still exist (then it is skipped)."""
+        old = read_marker(self.dir / stage.name)
+        return bool(
             old
             and old.get("done")
             and old.get("key") == stage.key
             and all(Path(p).exists() for p in old.get("outputs", {}).values())
-        ):
+        )
+
+    def run_stage(self, stage: Stage) -> dict:
+        """Skip when complete with the same key; else run (or continue) it and write the done marker."""
+        sdir = self.dir / stage.name
+        old = read_marker(sdir)
+        if self.complete(stage):
             self.log(f"compress: {stage.name} complete, skipped ({sdir})")
             return old
         partial = old if old and not old.get("done") and old.get("key") == stage.key else None
@@ -236,7 +290,8 @@ class _Pipeline:
                 return {"last": str(last), "best_epoch": ck.get("best_epoch", -1), "stopped": None}
             c = self.cfg
             res = stage.fn(
-                resume=str(last), project=self.dir, device=c.device, workers=c.workers, threads=c.threads,
+                resume=str(last), project=self.dir, device=c.device, workers=c.workers,
+                threads=stage.args.get("threads", c.threads),
                 cache_images=c.cache_images, verbose=c.verbose,
             )
         if stage.resumable and res.get("stopped") == "signal":
