@@ -69,6 +69,20 @@ def test_benchmark_writes_table_json_and_plots(two_ckpts, synth_yaml, tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_known_results_are_not_measured_again(two_ckpts, synth_yaml):
+    from obbslim.deploy import benchmark
+
+    opts = dict(imgsz=64, runs=1, warmup=0, threads=1, out=None, verbose=False)
+    measured = benchmark(two_ckpts, synth_yaml, **opts)["rows"]
+    known = [{"mAP50": 0.25, "mAP50_95": 0.125}, None]
+    rows = benchmark(two_ckpts, synth_yaml, known=known, **opts)["rows"]
+    assert (rows[0]["mAP50"], rows[0]["mAP50_95"]) == (0.25, 0.125)  # taken as given
+    assert rows[1]["mAP50"] == measured[1]["mAP50"]  # None: validated
+    assert rows[1]["change"]["mAP50"] == pytest.approx(100 * (measured[1]["mAP50"] - 0.25) / 0.25)
+    with pytest.raises(ObbslimError, match="1 known results for 2 checkpoints"):
+        benchmark(two_ckpts, synth_yaml, known=known[:1], **opts)
+
+
 def test_stripped_checkpoint_is_smaller_and_loads(two_ckpts, tmp_path):
     from obbslim.deploy import strip_checkpoint
 

@@ -110,6 +110,29 @@ def test_every_stage_and_the_report(full):
     assert f"--kd-output {pick['kd_output']} --kd-output-terms {' '.join(pick['kd_output_terms'])}" in report
 
 
+def test_the_benchmark_reuses_what_the_stages_measured(full, synth):
+    """The training stages' own validation is what the benchmark would measure: the same mAP50 and mAP50-95
+    as validating the BN-fused checkpoint again; the pruned model (no own metrics) is validated."""
+    from obbslim.deploy import benchmark
+    from obbslim.options import CompressConfig
+    from obbslim.pipeline.stages import own_metrics
+
+    run = Path(full["run_dir"])
+    cfg = CompressConfig.from_record(json.loads((run / "compress.json").read_text()))
+    rows = {r["name"]: r for r in full["benchmark"]}
+    stages = dict(zip(ROW_NAMES, ("1_baseline", "2_sparse", "3_prune", "4_finetune", "4_distill")))
+    for name, stage in stages.items():
+        weights = full["stages"][stage]["outputs"]["weights"]
+        own = own_metrics(weights, cfg)
+        assert (own is None) == (name == "pruned"), name
+        if own:
+            again = benchmark([weights], cfg.data, imgsz=cfg.imgsz, runs=1, warmup=0, out=None, verbose=False)
+            for k in ("mAP50", "mAP50_95"):
+                assert own[k] == pytest.approx(again["rows"][0][k], abs=1e-4) == rows[name][k], (name, k)
+    base = full["stages"]["1_baseline"]["outputs"]["weights"]
+    assert own_metrics(base, cfg.replace(imgsz=96)) is None  # measured at another size: validated again
+
+
 def test_rerun_runs_only_the_missing_stage(full, synth, monkeypatch):
     import obbslim.pipeline.stages as stages
     from obbslim.pipeline import compress

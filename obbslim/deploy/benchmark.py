@@ -204,6 +204,8 @@ def benchmark(*args: Any, **options: Any) -> dict:
     cfg = BenchmarkConfig.of(*args, **options)
     if not cfg.weights:
         raise ObbslimError("benchmark: no weights given")
+    if cfg.known is not None and len(cfg.known) != len(cfg.weights):
+        raise ObbslimError(f"benchmark: {len(cfg.known)} known results for {len(cfg.weights)} checkpoints")
     d = load_data_yaml(cfg.data)
     for w in cfg.weights:  # fail before the (long) runs, with the file's name
         ck = read_checkpoint(w)
@@ -234,7 +236,9 @@ def benchmark(*args: Any, **options: Any) -> dict:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             onnx_dir = out / "onnx" if out is not None else Path(tmp)
-            rows = [_row(cfg, w, label, loader, dev, onnx_dir) for w, label in zip(cfg.weights, labels)]
+            known = cfg.known or [None] * len(cfg.weights)
+            rows = [_row(cfg, w, label, loader, dev, onnx_dir, k)
+                    for w, label, k in zip(cfg.weights, labels, known)]  # fmt: skip
     finally:
         torch.set_num_threads(threads_before)
     keys = [c[0] for c in COLUMNS]
@@ -257,13 +261,15 @@ def benchmark(*args: Any, **options: Any) -> dict:
     return result
 
 
-def _row(cfg: BenchmarkConfig, w: Any, label: str, loader: Any, dev: torch.device, onnx_dir: Path) -> dict:
-    """One model's figures (mAP50, size, latency of the fused PyTorch model and of the ONNX export)."""
+def _row(cfg: BenchmarkConfig, w: Any, label: str, loader: Any, dev: torch.device, onnx_dir: Path,
+         known: dict | None = None) -> dict:
+    """One model's figures (mAP50, size, latency of the fused PyTorch model and of the ONNX export); mAP50
+    and mAP50-95 are ``known``'s when given."""
     model = load(w, device=dev)
     info = model_info(model, imgsz=cfg.imgsz, print_fn=None)
     size_mb = len(strip_checkpoint(w)) / 1e6
     model.fuse()
-    metrics = validate(model, loader, names=model.names, progress=False)
+    metrics = known or validate(model, loader, names=model.names, progress=False)
     x = torch.rand(1, model.in_ch, cfg.imgsz, cfg.imgsz, generator=torch.Generator().manual_seed(0)).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
     with torch.inference_mode():

@@ -52,4 +52,7 @@ class BenchmarkConfig(Options):
     batch: int = option(4, "validation batch size", check=COUNT)
     out: str | Path | None = option("runs/benchmark", "output folder (None from Python: no files)")
     workers: int | None = workers_option("validation dataloader workers", cli=False)
+    known: list | None = option(None, "per checkpoint, {mAP50, mAP50_95} already measured on this val split "
+                                "at this size, or None (compress passes its stages' own: not measured again)",
+                                cli=False)  # fmt: skip
     verbose: bool = option(True, "print the table", cli=False)
