@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -205,18 +206,20 @@ def test_finetune_runs_beside_the_distillation(full, synth):
 
 
 def test_a_failure_beside_names_its_log(full, synth, monkeypatch):
-    from obbslim.pipeline import beside, compress
+    from obbslim.pipeline import compress
+
+    compress_module = importlib.import_module("obbslim.pipeline.compress")  # the package exports the function
 
     run = Path(full["run_dir"])
     for stage in ("4_distill", "4_finetune"):
         (run / stage / "stage.json").unlink()
-    real = beside.start
+    real = compress_module.start_beside
 
     def missing_student(run_dir, cfg, markers, stage, log):
         prune = {**markers["3_prune"], "outputs": {"weights": str(run / "missing.pt")}}
         return real(run_dir, cfg, {**markers, "3_prune": prune}, stage, log)
 
-    monkeypatch.setattr(beside, "start", missing_student)
+    monkeypatch.setattr(compress_module, "start_beside", missing_student)
     beside_4 = r"4_finetune failed in its process beside 4_distill.*4_finetune\.log"
     with pytest.raises(ObbslimError, match=beside_4):
         compress(**opts(synth, run.parent, threads=2))

@@ -1,4 +1,5 @@
-"""One compress stage in a second process, beside a stage of the parent (``-m obbslim.pipeline.beside``).
+"""One compress stage in a second process, beside a stage of the parent (``-m obbslim.pipeline.beside``;
+:meth:`obbslim.pipeline.compress.Pipeline.run_pair` starts it).
 
 Why: on a CPU, two small trainings at one thread each finish sooner than the same two one after the
 other at two threads (a training step of a small model uses a second thread poorly, and the data
@@ -15,36 +16,16 @@ error (printed).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import IO
 
 from obbslim.options import CompressConfig
-
-INTERRUPTED = 3
-
-
-def start(run_dir: Path, cfg: CompressConfig, markers: dict, stage: str, log: IO) -> subprocess.Popen:
-    """Start ``stage`` of the compress run ``run_dir`` on ``cfg.threads`` threads in a second process whose
-    output goes to ``log``."""
-    job = {"run_dir": str(run_dir), "cfg": cfg.to_record(), "threads": cfg.threads, "markers": markers,
-           "stage": stage}  # fmt: skip
-    payload = json.dumps(job, default=str)
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads or 1)}
-    proc = subprocess.Popen([sys.executable, "-m", "obbslim.pipeline.beside"], stdin=subprocess.PIPE,
-                            stdout=log, stderr=subprocess.STDOUT, env=env, text=True)  # fmt: skip
-    proc.stdin.write(payload)
-    proc.stdin.close()
-    return proc
+from obbslim.pipeline.compress import INTERRUPTED, Pipeline, StageInterrupted
+from obbslim.pipeline.stages import SPECS, STAGES, Context
 
 
 def main() -> int:
-    from obbslim.pipeline.compress import Pipeline, StageInterrupted
-    from obbslim.pipeline.stages import SPECS, STAGES, Context
-
     job = json.loads(sys.stdin.read())
     cfg = CompressConfig.from_record(job["cfg"]).replace(threads=job["threads"])
     pipe = Pipeline(Path(job["run_dir"]), cfg)

@@ -12,11 +12,14 @@ scratch, and so do the stages after it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import torch
 
@@ -26,7 +29,6 @@ from obbslim.errors import ObbslimError
 from obbslim.model import read_checkpoint
 from obbslim.options import CompressConfig
 from obbslim.options.train import SPARSITY_WEIGHTINGS
-from obbslim.pipeline import beside
 from obbslim.pipeline.report import claim, write_report
 from obbslim.pipeline.stages import SPECS, STAGES, Context, Stage
 from obbslim.utils.device import select_device
@@ -38,6 +40,8 @@ ARGS_FILE = "compress.json"
 MARKER = "stage.json"
 #: a stage that runs in a second process beside another on CPU (both need only the pruned model)
 BESIDE = {"4_distill": "4_finetune"}
+#: the exit status of that process when SIGINT/SIGTERM stopped its stage (its last.pt is saved)
+INTERRUPTED = 3
 
 
 class StageInterrupted(Exception):
@@ -217,14 +221,14 @@ class Pipeline:
         self.log(f"compress: {side.name} running beside {main.name} in a second process ({n_side} + {n_main} "
                  f"CPU threads; --serial: one after the other) -> log {log_path}")  # fmt: skip
         with open(log_path, "w") as log:
-            proc = beside.start(self.dir, side_cfg, self.markers, side.name, log)
+            proc = start_beside(self.dir, side_cfg, self.markers, side.name, log)
             try:
                 self.markers[main.name] = self.run_stage(main)
             finally:  # stopped or failed here: the second process saves its last.pt and stops too
                 if proc.poll() is None and main.name not in self.markers:
                     proc.terminate()
                 rc = proc.wait()
-        if rc == beside.INTERRUPTED:
+        if rc == INTERRUPTED:
             raise StageInterrupted(side.name, None)
         tail = log_path.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-12:]
         if rc != 0:
@@ -297,6 +301,19 @@ class Pipeline:
         if stage.resumable and res.get("stopped") == "signal":
             raise StageInterrupted(stage.name, res.get("signal"))
         return res
+
+
+def start_beside(run_dir: Path, cfg: CompressConfig, markers: dict, stage: str, log: IO) -> subprocess.Popen:
+    """Start ``stage`` of the compress run ``run_dir`` on ``cfg.threads`` threads in a second process
+    (:mod:`obbslim.pipeline.beside`, given the job as JSON on its stdin) whose output goes to ``log``."""
+    job = {"run_dir": str(run_dir), "cfg": cfg.to_record(), "threads": cfg.threads, "markers": markers,
+           "stage": stage}  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads or 1)}
+    proc = subprocess.Popen([sys.executable, "-m", "obbslim.pipeline.beside"], stdin=subprocess.PIPE,
+                            stdout=log, stderr=subprocess.STDOUT, env=env, text=True)  # fmt: skip
+    proc.stdin.write(json.dumps(job, default=str))
+    proc.stdin.close()
+    return proc
 
 
 def set_threads(threads: int | None = None) -> int:
