@@ -5,7 +5,7 @@ so the training engine optimises them with the student and saves them (``extra_s
 The teacher is held outside the module tree: it never appears in ``parameters()`` or ``state_dict()``
 (the optimizer, the EMA and the checkpoints never see it), yet ``.to(device)`` moves it, and
 ``.train()`` leaves it in eval mode (its BatchNorm statistics never change). Its forward runs under
-``torch.no_grad``, with each BatchNorm folded into its conv: the same function, a third less work per step.
+``torch.no_grad``, with each BatchNorm folded into its conv: the same function, one pass less per layer.
 
 Features are the Detect inputs (P3/P4/P5 neck outputs), captured by forward hooks on both Detect
 modules; its ``before_train`` hook calls :meth:`Distiller.bind` with the student (after the engine has
