@@ -22,7 +22,7 @@ from pathlib import Path
 
 from obbslim.options import CompressConfig
 from obbslim.pipeline.compress import INTERRUPTED, Pipeline, StageInterrupted
-from obbslim.pipeline.stages import SPECS, STAGES, Context
+from obbslim.pipeline.stages import SPEC_BY_NAME, Context
 
 
 def main() -> int:
@@ -31,7 +31,7 @@ def main() -> int:
     pipe = Pipeline(Path(job["run_dir"]), cfg)
     pipe.markers.update(job["markers"])
     ctx = Context(cfg, pipe.dir, pipe.markers)
-    stage = dict(zip(STAGES, SPECS))[job["stage"]](ctx)
+    stage = SPEC_BY_NAME[job["stage"]](ctx)
     try:
         pipe.run_stage(stage)
     except StageInterrupted:

@@ -30,7 +30,7 @@ from obbslim.model import read_checkpoint
 from obbslim.options import CompressConfig
 from obbslim.options.train import SPARSITY_WEIGHTINGS
 from obbslim.pipeline.report import claim, write_report
-from obbslim.pipeline.stages import SPECS, STAGES, Context, Stage
+from obbslim.pipeline.stages import SPEC_BY_NAME, Context, Stage
 from obbslim.utils.device import select_device
 from obbslim.utils.io import atomic_write_text, claim_run_dir, run_path
 from obbslim.utils.lock import RunLock
@@ -187,12 +187,11 @@ class Pipeline:
     def run_all(self) -> None:
         """Every stage in order: a spec built from the finished ones, then skipped, continued or run."""
         ctx = Context(self.cfg, self.dir, self.markers)
-        specs = dict(zip(STAGES, SPECS))
-        for name, spec in specs.items():
+        for name, spec in SPEC_BY_NAME.items():
             if name in self.markers:  # it ran beside another stage
                 continue
             threads = self.beside_threads() if name in BESIDE else None
-            if threads and self.run_pair(spec, specs[BESIDE[name]], *threads):
+            if threads and self.run_pair(spec, SPEC_BY_NAME[BESIDE[name]], *threads):
                 continue
             stage = spec(ctx)
             if stage.given is not None:
@@ -240,23 +239,26 @@ class Pipeline:
         self.log(f"compress: {side.name} done: {done[-1].strip() if done else 'see ' + str(log_path)}")
         return True
 
-    def complete(self, stage: Stage) -> bool:
-        """Whether a stage is done with the same key and its outputs still exist (then it is skipped)."""
+    def complete(self, stage: Stage) -> dict | None:
+        """The stage's marker when it is done with the same key and its outputs still exist (then it is
+        skipped); else None."""
         old = read_marker(self.dir / stage.name)
-        return bool(
+        done = (
             old
             and old.get("done")
             and old.get("key") == stage.key
             and all(Path(p).exists() for p in old.get("outputs", {}).values())
         )
+        return old if done else None
 
     def run_stage(self, stage: Stage) -> dict:
         """Skip when complete with the same key; else run (or continue) it and write the done marker."""
         sdir = self.dir / stage.name
-        old = read_marker(sdir)
-        if self.complete(stage):
+        done = self.complete(stage)
+        if done:
             self.log(f"compress: {stage.name} complete, skipped ({sdir})")
-            return old
+            return done
+        old = read_marker(sdir)
         partial = old if old and not old.get("done") and old.get("key") == stage.key else None
         if partial is None:  # a fresh start: nothing stale from another configuration survives
             if sdir.exists():

@@ -302,6 +302,8 @@ def benchmarked(ctx: Context) -> Stage:
 
 
 SPECS: tuple[Callable[[Context], Stage], ...] = (baseline, sparse, prune, distilled, finetuned, benchmarked)
+#: each stage's spec by its name (STAGES order)
+SPEC_BY_NAME: dict[str, Callable[[Context], Stage]] = dict(zip(STAGES, SPECS))
 
 
 def own_metrics(weights: str | Path, cfg: CompressConfig) -> dict | None:
