@@ -63,7 +63,7 @@ def opts(synth: Path, project: Path, **kw) -> dict:
 def full(synth, tmp_path_factory) -> dict:
     from obbslim.pipeline import compress
 
-    return compress(**opts(synth, tmp_path_factory.mktemp("runs"), cache_images=True))
+    return compress(**opts(synth, tmp_path_factory.mktemp("runs"), cache_images=True, bf16=True))
 
 
 def test_every_stage_and_the_report(full):
@@ -98,8 +98,9 @@ def test_every_stage_and_the_report(full):
     # the sparse stage started from the baseline, the student from the pruned checkpoint
     sparse_args = (run / "2_sparse" / "args.yaml").read_text()
     assert "1_baseline/weights/best.pt" in sparse_args and "sparsity: 0.001" in sparse_args
-    for stage in ("1_baseline", "2_sparse", "4_distill", "4_finetune"):  # compress's option reaches them
-        assert yaml.safe_load((run / stage / "args.yaml").read_text())["cache_images"] is True, stage
+    for stage in ("1_baseline", "2_sparse", "4_distill", "4_finetune"):  # compress's options reach them
+        stored = yaml.safe_load((run / stage / "args.yaml").read_text())
+        assert stored["cache_images"] is True and stored["bf16"] is True, stage
     # the output distillation's weight and terms: auto's, from the mAP50s of the baseline and prune stages
     from obbslim.distill.run import auto_output
 

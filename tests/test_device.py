@@ -32,3 +32,15 @@ def test_gpu_choice_and_ddp_ranks(monkeypatch):
     with pytest.raises(ObbslimError, match="unknown device"):
         select_device("gpu")
     assert select_device(torch.device("cuda", 5)) == cuda(5)
+
+
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)]
+)
+def test_cpu_bf16_native_needs_bf16_instructions(monkeypatch, avx512_bf16, amx, expected):
+    """oneDNN emulates bf16 on a plain AVX-512 CPU (slower than float32): only AVX512-BF16 or AMX count."""
+    from obbslim.utils.device import cpu_bf16_native
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert cpu_bf16_native() is expected

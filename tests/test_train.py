@@ -596,3 +596,42 @@ def test_gradient_accumulation_steps(synth, tiny_spec, tmp_path):
     )
     assert [f for f, _ in hooks.calls] == pytest.approx([0.75, 1.0, 1.75, 2.0])
     assert torch.load(r["last"], weights_only=True)["ema_updates"] == 4
+
+
+class OutputDtype(Callback):
+    """Records the dtype of the head's raw output at every training step."""
+
+    def __init__(self):
+        self.dtypes = set()
+
+    def extra_loss(self, raw, imgs, targets):
+        self.dtypes.add(raw[0].dtype)
+        return None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_trains_the_convs_in_bfloat16_and_keeps_float32_weights(
+    synth, tiny_spec, tmp_path, monkeypatch, capsys, native
+):
+    """--bf16 on a CPU with bf16 instructions runs the forward in bfloat16 while the weights, the optimizer
+    and the checkpoint stay float32; on a CPU without them it trains in float32 and says why."""
+    from obbslim.engine import train as train_mod
+
+    monkeypatch.setattr(train_mod, "cpu_bf16_native", lambda: native)
+    probe = OutputDtype()
+    r = run(synth, tiny_spec, tmp_path, data=train_only(synth), epochs=1, bf16=True, verbose=True,
+            callbacks=[probe])  # fmt: skip
+    out = capsys.readouterr().out
+    assert probe.dtypes == {torch.bfloat16 if native else torch.float32}
+    assert ("bf16 autocast ->" in out) == native
+    assert ("this CPU has no bfloat16 instructions" in out) != native
+    ck = torch.load(r["last"], weights_only=True)
+    assert {v.dtype for v in ck["model"].values() if v.is_floating_point()} == {torch.float32}
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert ck["train_args"]["bf16"] is True
+
+
+def test_bf16_is_off_by_default(synth, tiny_spec, tmp_path):
+    probe = OutputDtype()
+    run(synth, tiny_spec, tmp_path, data=train_only(synth), epochs=1, callbacks=[probe])
+    assert probe.dtypes == {torch.float32}

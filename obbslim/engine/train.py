@@ -56,7 +56,7 @@ from obbslim.model import build, check_anchors, ckpt_to_model, read_checkpoint, 
 from obbslim.model.pretrained import load_pretrained
 from obbslim.ops import poly2rbox
 from obbslim.options import TrainConfig
-from obbslim.utils.device import de_parallel, select_device
+from obbslim.utils.device import cpu_bf16_native, de_parallel, select_device
 from obbslim.utils.io import claim_run_dir, increment_path, run_path
 from obbslim.utils.lock import RunLock
 from obbslim.utils.text import plural
@@ -104,10 +104,16 @@ class TrainState:
     t0: float = 0.0  # when this invocation's loop started
     epoch_times: list[float] = field(default_factory=list)
     log: Callable[..., None] = print
+    bf16: bool = False  # CPU bfloat16 autocast (--bf16 on a CPU with bf16 instructions)
 
     @property
     def amp(self) -> bool:
         return bool(self.cfg.amp) and self.device.type == "cuda"
+
+    def autocast(self) -> torch.autocast:
+        """fp16 autocast under CUDA AMP, bf16 under ``--bf16`` on the CPU, else a no-op."""
+        dtype = torch.bfloat16 if self.bf16 else None
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp or self.bf16)
 
     @property
     def last_pt(self) -> Path:
@@ -244,7 +250,7 @@ def train_step(
     if state.cfg.channels_last and state.device.type == "cuda":
         imgs = imgs.contiguous(memory_format=torch.channels_last)
     targets = targets.to(state.device)
-    with torch.autocast(state.device.type, enabled=state.amp):
+    with state.autocast():
         raw = state.model(imgs)
         loss, items = state.criterion(raw, targets)
         loss, items = add_extra_losses(state, raw, imgs, targets, loss, items)
@@ -611,6 +617,7 @@ def build_state(
         epochs=int(cfg.epochs),
         log=log,
         lf=lr_lambda(int(cfg.epochs), hyp["lrf"], hyp["lr_schedule"]),
+        bf16=_use_bf16(cfg, dev, log),
     )
     _attach_trainable(state)
     if ckpt is not None:
@@ -672,6 +679,19 @@ def _scan_data(cfg: TrainConfig, info: ddp.DistInfo, log: Callable) -> tuple[lis
     if val_samples:
         log(val_report.summary())
     return list(data["names"]), train_samples, val_samples
+
+
+def _use_bf16(cfg: TrainConfig, dev: torch.device, log: Callable[..., None]) -> bool:
+    """``--bf16`` applies on a CPU with bf16 instructions; elsewhere it says why it trains in float32."""
+    if not cfg.bf16:
+        return False
+    if dev.type != "cpu":
+        log("--bf16 applies to CPU training: CUDA uses --amp (float16)")
+        return False
+    if not cpu_bf16_native():
+        log("--bf16: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), training in float32")
+        return False
+    return True
 
 
 def _build_model(
@@ -810,8 +830,8 @@ def _open_run_dir(state: TrainState, fresh: bool, train_samples: list, n_val: in
     state.log(
         f"training {plural(len(train_samples), 'image')} ({n_val} val) at {state.imgsz} px on "
         f"{state.device}{ddp_txt}, "
-        f"batch {cfg.batch}, accumulate {accumulate_steps(cfg.batch, state.hyp['nbs'])}, AMP {state.amp} "
-        f"-> {save_dir}"
+        f"batch {cfg.batch}, accumulate {accumulate_steps(cfg.batch, state.hyp['nbs'])}, "
+        f"{'AMP (fp16)' if state.amp else 'bf16 autocast' if state.bf16 else 'fp32'} -> {save_dir}"
     )
 
 

@@ -49,6 +49,8 @@ class CompressConfig(Options):
     workers: int | None = workers_option(runtime=True)
     cache_images: bool = option(False, "keep the decoded, resized images in RAM in every training stage",
                                 runtime=True)  # fmt: skip
+    bf16: bool = option(False, "CPU: train every stage under bfloat16 autocast where the CPU has bf16 "
+                        "instructions (obbslim train --bf16)")  # fmt: skip
     hyp: str | Path | dict | None = option(None, "hyperparameter YAML (only the keys that change)", type=str)
     onnx: bool = option(False, "benchmark also times ONNX Runtime")
     project: str | Path = option("runs/compress", "where run folders go")

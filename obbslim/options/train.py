@@ -85,6 +85,9 @@ class TrainConfig(Options):
     noautoanchor: bool = option(False, "keep the model's anchors")
     noplots: bool = option(False, "no labels.png, train_batch*.jpg, results.png")
     amp: bool = option(True, "disable mixed precision on CUDA")
+    bf16: bool = option(
+        False, "CPU: bfloat16 autocast where the CPU has bf16 instructions (about 1.5x faster steps)"
+    )
     channels_last: bool = option(False, "channels_last memory format (CUDA)")
     sync_bn: bool = option(False, "SyncBatchNorm across DDP processes (CUDA)")
     stop_after: int | None = option(

@@ -99,6 +99,7 @@ class Context:
             device=c.device or None,
             workers=c.workers,
             cache_images=c.cache_images,
+            bf16=c.bf16,
             threads=c.threads,
             hyp=c.hyp,
             val_every=c.val_every,
