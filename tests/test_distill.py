@@ -139,6 +139,28 @@ def test_softmax_kl_by_hand_and_zero_for_identical():
     assert softmax_kl(x, x).abs().max().item() < 1e-6
 
 
+def test_softmax_kl_equals_torch_kl_div_with_its_gradient():
+    """The teacher's side computed once without a graph: the same values and student gradient as
+    ``F.kl_div(log_softmax(s), log_softmax(t), log_target=True)``, at T = 1 and T = 2, and the teacher's
+    logits get no gradient."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    for temp in (1.0, 2.0):
+        s = (torch.randn(2, 3, 4, 180) * 3).requires_grad_()
+        t = (torch.randn(2, 3, 4, 180) * 3).requires_grad_()
+        ref = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t.detach() / temp, -1), reduction="none",
+                       log_target=True).sum(-1) * temp**2  # fmt: skip
+        (g_ref,) = torch.autograd.grad(ref.sum(), s)
+        got = softmax_kl(s, t, temp)
+        got.sum().backward()
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(s.grad, g_ref, rtol=1e-5, atol=1e-6)
+        assert t.grad is None
+    x = torch.randn(4, 180)
+    assert torch.equal(softmax_kl(x, x), torch.zeros(4))
+
+
 def test_output_losses_zero_for_identical_and_positive_per_term():
     t = rand_raw()
     for p in t:
