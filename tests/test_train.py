@@ -599,13 +599,14 @@ def test_gradient_accumulation_steps(synth, tiny_spec, tmp_path):
 
 
 class OutputDtype(Callback):
-    """Records the dtype of the head's raw output at every training step."""
+    """Records the dtype of the head's raw output and the batch's memory format at every training step."""
 
     def __init__(self):
-        self.dtypes = set()
+        self.dtypes, self.channels_last = set(), set()
 
     def extra_loss(self, raw, imgs, targets):
         self.dtypes.add(raw[0].dtype)
+        self.channels_last.add(imgs.is_contiguous(memory_format=torch.channels_last) and imgs.shape[1] > 1)
         return None
 
 
@@ -623,6 +624,7 @@ def test_bf16_trains_the_convs_in_bfloat16_and_keeps_float32_weights(
             callbacks=[probe])  # fmt: skip
     out = capsys.readouterr().out
     assert probe.dtypes == {torch.bfloat16 if native else torch.float32}
+    assert probe.channels_last == {native}  # oneDNN's bf16 convs are faster in channels_last
     assert ("bf16 autocast ->" in out) == native
     assert ("this CPU has no bfloat16 instructions" in out) != native
     ck = torch.load(r["last"], weights_only=True)
@@ -634,4 +636,4 @@ def test_bf16_trains_the_convs_in_bfloat16_and_keeps_float32_weights(
 def test_bf16_is_off_by_default(synth, tiny_spec, tmp_path):
     probe = OutputDtype()
     run(synth, tiny_spec, tmp_path, data=train_only(synth), epochs=1, callbacks=[probe])
-    assert probe.dtypes == {torch.float32}
+    assert probe.dtypes == {torch.float32} and probe.channels_last == {False}

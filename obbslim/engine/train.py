@@ -110,6 +110,12 @@ class TrainState:
     def amp(self) -> bool:
         return bool(self.cfg.amp) and self.device.type == "cuda"
 
+    @property
+    def channels_last(self) -> bool:
+        """On CUDA by request (``--channels-last``); on the CPU with bf16, always: oneDNN's bf16 convs run
+        faster in it (yolov5n-obb at 256 px, two threads: a training step 15%, a forward 22%)."""
+        return use_channels_last(self.cfg, self.device, self.bf16)
+
     def autocast(self) -> torch.autocast:
         """fp16 autocast under CUDA AMP, bf16 under ``--bf16`` on the CPU, else a no-op."""
         dtype = torch.bfloat16 if self.bf16 else None
@@ -247,7 +253,7 @@ def train_step(
     """Batch ``i``: forward, loss (plus the callbacks' terms), backward, and the optimizer step when
     ``step``. Returns the loss items; None when a non-finite loss skipped the batch; HALT on a stop."""
     imgs = imgs.to(state.device, non_blocking=True).float() / 255
-    if state.cfg.channels_last and state.device.type == "cuda":
+    if state.channels_last:
         imgs = imgs.contiguous(memory_format=torch.channels_last)
     targets = targets.to(state.device)
     with state.autocast():
@@ -598,7 +604,8 @@ def build_state(
         hyp = resolve_optimizer(hyp, len(train_samples), cfg.batch, int(cfg.epochs), len(names))
     net, imgsz = _build_model(cfg, ckpt, names, hyp, train_samples, log)
     net.to(dev)
-    if cfg.channels_last and dev.type == "cuda":
+    bf16 = _use_bf16(cfg, dev, log)
+    if use_channels_last(cfg, dev, bf16):
         net.to(memory_format=torch.channels_last)
     wd = scaled_weight_decay(hyp["weight_decay"], cfg.batch, hyp["nbs"])
     state = TrainState(
@@ -617,7 +624,7 @@ def build_state(
         epochs=int(cfg.epochs),
         log=log,
         lf=lr_lambda(int(cfg.epochs), hyp["lrf"], hyp["lr_schedule"]),
-        bf16=_use_bf16(cfg, dev, log),
+        bf16=bf16,
     )
     _attach_trainable(state)
     if ckpt is not None:
@@ -681,6 +688,11 @@ def _scan_data(cfg: TrainConfig, info: ddp.DistInfo, log: Callable) -> tuple[lis
     return list(data["names"]), train_samples, val_samples
 
 
+def use_channels_last(cfg: TrainConfig, dev: torch.device, bf16: bool) -> bool:
+    """Whether the model and the batches use the channels_last memory format (TrainState.channels_last)."""
+    return bool(cfg.channels_last and dev.type == "cuda") or bf16
+
+
 def _use_bf16(cfg: TrainConfig, dev: torch.device, log: Callable[..., None]) -> bool:
     """``--bf16`` applies on a CPU with bf16 instructions; elsewhere it says why it trains in float32."""
     if not cfg.bf16:
@@ -735,6 +747,8 @@ def _attach_trainable(state: TrainState) -> None:
         raise ObbslimError("at most one trainable (nn.Module) callback per run")
     for module in trainable:
         module.to(state.device)
+        if state.channels_last:  # a distiller's teacher too
+            module.to(memory_format=torch.channels_last)
         params = [p for p in module.parameters() if p.requires_grad]
         if params:
             group = {"params": params, "weight_decay": 0.0, "initial_lr": state.hyp["lr0"]}
