@@ -66,6 +66,7 @@ def arch_summary(model: nn.Module) -> dict:
         "name": arch["name"],
         "nc": arch["nc"],
         "nbins": arch["nbins"],
+        "theta_conf": arch.get("theta_conf", 0.0),  # baked into the graph's objectness
         "strides": arch["strides"],
         "anchors": arch["anchors"],
         "params": int(sum(p.numel() for p in model.parameters())),

@@ -730,6 +730,7 @@ def _build_model(
     if ckpt is None and cfg.pretrained:  # a fresh run only, before autoanchor and the EMA copy
         log(load_pretrained(net, cfg.pretrained).report())
     net.names = names
+    net.detect.theta_conf = theta_conf(hyp)
     gs = int(net.stride.max())
     imgsz = int(math.ceil(cfg.imgsz / gs) * gs)
     if imgsz != cfg.imgsz:
@@ -737,6 +738,12 @@ def _build_model(
     if ckpt is None and not cfg.noautoanchor:
         check_anchors(net, _long_short(samples, imgsz), hyp["anchor_t"], imgsz, print_fn=log)
     return net, imgsz
+
+
+def theta_conf(hyp: dict) -> float:
+    """The angle-confidence power the model's detections score with: only a softmax-trained angle head
+    (``theta_loss: ce``) has a peak that means a probability."""
+    return float(hyp["theta_conf"]) if hyp["theta_loss"] == "ce" else 0.0
 
 
 def _attach_trainable(state: TrainState) -> None:

@@ -31,7 +31,7 @@ from obbslim.eval.dota import evaluate_dota
 from obbslim.eval.metrics import IOU_THRS, pr_at_best_f1, validate
 from obbslim.eval.plots import plot_pr_curves
 from obbslim.inference.detect import check_stems, list_sources, windows_line, write_dota
-from obbslim.inference.detector import Detector
+from obbslim.inference.detector import Detector, set_theta_conf
 from obbslim.model import load
 from obbslim.options import ValConfig
 from obbslim.utils.device import select_device
@@ -145,6 +145,8 @@ def _val_split(cfg: ValConfig) -> dict:
         raise ObbslimError(f"{weights}: split validation takes a .pt checkpoint (ONNX: use --full-images)")
     dev = select_device(cfg.device)
     model = load(weights, device=dev) if isinstance(weights, (str, Path)) else weights.to(dev)
+    if cfg.theta_conf is not None:
+        set_theta_conf(model, cfg.theta_conf)
     d = load_data_yaml(cfg.data)
     check_model_classes(model, d["names"], weights, d.get("yaml_file"), verbose=False)
     samples, report = load_split(d, cfg.split, verbose=False)
@@ -228,7 +230,7 @@ def _val_full_images(cfg: ValConfig, run_dir: Path, detector: Any) -> dict:
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
         tile=cfg.imgsz, gap=cfg.gap, half=cfg.half, batch=cfg.batch, multi_label=True, merge=cfg.merge,
-        rates=cfg.rates, flip=cfg.flip,
+        rates=cfg.rates, flip=cfg.flip, theta_conf=cfg.theta_conf,
     )  # fmt: skip
     check_names(det.names, "class name", None if detector else cfg.weights)
     det.reset_times()

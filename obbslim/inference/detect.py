@@ -181,7 +181,7 @@ def _detect(cfg: DetectConfig, detector: Detector | None) -> dict[str, Any]:
     det = detector or Detector(
         cfg.weights, device=cfg.device, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
         tile=cfg.tile, gap=cfg.gap, half=cfg.half, batch=cfg.batch, merge=cfg.merge,
-        rates=cfg.rates, flip=cfg.flip,
+        rates=cfg.rates, flip=cfg.flip, theta_conf=cfg.theta_conf,
     )  # fmt: skip
     if cfg.save_dota is not None:  # class names become Task1_<name>.txt: checked before any work
         check_names(det.names, "class name", None if detector else cfg.weights)

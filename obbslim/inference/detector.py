@@ -169,6 +169,17 @@ def check_stride(model: object, imgsz: int) -> None:
         raise ObbslimError(f"--imgsz {imgsz} must be a multiple of the model's largest stride, {s} ({near})")
 
 
+def set_theta_conf(model: object, theta_conf: float) -> None:
+    """Score with another angle-confidence power than the checkpoint's (0: obj x cls only). An ONNX
+    export computed its objectness in the graph, with the power it was exported with."""
+    detect = getattr(model, "detect", None)
+    if detect is None or not hasattr(detect, "theta_conf"):
+        what = "an ONNX export scores with the power it was exported with" if not isinstance(
+            model, torch.nn.Module) else "this model has no obbslim Detect head"  # fmt: skip
+        raise ObbslimError(f"theta_conf cannot be changed here: {what}")
+    detect.theta_conf = float(theta_conf)
+
+
 class Detector:
     """Rotated-box detector over images of any size (see the module doc).
 
@@ -188,6 +199,8 @@ class Detector:
     network mirrored left-right and up-down (3 inputs per window), the three answers fused
     (``inference.tta``). The windows of all rates are merged with the tile merge; the cost is the
     windows of every rate (``windows``), times 3 with ``flip``.
+    ``theta_conf`` (default: the checkpoint's, hyp ``theta_conf``) replaces the power of the angle's
+    softmax peak that multiplies each box's objectness (0: the score is obj x cls).
     ``theta_refine``: sub-bin angle from the CSL bins. Off by default: benchmarks/bench_theta_refine.py
     finds no gain on a trained model (mean angle error 2.39 vs 2.38 deg, mAP50-95 unchanged), the
     CSL targets being centred on the bin.
@@ -212,9 +225,10 @@ class Detector:
         names: Sequence[str] | None = None,
         rates: float | Sequence[float] = (1.0,),
         flip: bool = False,
+        theta_conf: float | None = None,
     ):
         DetectConfig.check_values(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, tile=tile, gap=gap,
-                                  batch=batch)  # fmt: skip
+                                  batch=batch, theta_conf=theta_conf)  # fmt: skip
         check_gap(DetectConfig, gap, tile or imgsz, "tile" if tile else "the input size")  # before loading
         self.device = select_device(device)
         self.model, self.names, self.backend = load_weights(weights, self.device, names)
@@ -249,6 +263,8 @@ class Detector:
         self.theta_refine = bool(theta_refine)
         if self.theta_refine and self.backend == "onnx":
             raise ObbslimError("theta_refine needs the theta-bin probabilities, which an ONNX export omits")
+        if theta_conf is not None:
+            set_theta_conf(self.model, theta_conf)
         self.nc = int(getattr(self.model, "nc", 0) or len(self.names))
         self.rates = check_rates(rates)
         self.flip = bool(flip)

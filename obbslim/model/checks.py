@@ -103,6 +103,9 @@ def check_arch(arch: Any, where: Where = None) -> None:
         _int_in(arch, "nbins", 0, 3600, where, "arch.nbins")
     if "ch" in arch:
         _int_in(arch, "ch", 1, 64, where, "arch.ch")
+    conf = arch.get("theta_conf", 0.0)
+    if not _is_num(conf) or not 0 <= conf <= 8:
+        raise bad_field(where, "arch.theta_conf", f"expected a number in [0, 8], got {conf!r}")
     strides = arch.get("strides")
     if not isinstance(strides, list) or not 1 <= len(strides) <= 8:
         raise bad_field(where, "arch.strides", f"expected a list of 1 to 8 strides, got {strides!r}")

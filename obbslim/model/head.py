@@ -34,7 +34,9 @@ class Detect(nn.Module):
         xy = (2 sigmoid - 0.5 + grid) * stride, wh = (2 sigmoid)^2 * anchor (pixels, (long, short)),
         theta = -pi/2 + argmax(theta logits) * pi / nbins (the bins of ops.csl). w/h are the
         (long, short) predictions but need not satisfy w >= h: postprocess normalises.
-      - `decoded[..., 5]`: objectness probability (sigmoid);
+      - `decoded[..., 5]`: objectness probability (sigmoid), times the angle's confidence to the power
+        `theta_conf` when it is above 0: the peak of the softmax over the theta bins (hyp theta_conf: a box
+        whose bins spread over two angles, the same object seen at another angle, scores lower);
       - `decoded[..., 6:6 + nc]`: class probabilities (sigmoid);
       - `decoded[..., 6 + nc:]`: the nbins theta probabilities (sigmoid).
     The decode is plain tensor ops (no Python on values) so it exports to ONNX: the ONNX export runs
@@ -48,6 +50,7 @@ class Detect(nn.Module):
         ch: Sequence[int],
         strides: Sequence[float],
         nbins: int = NBINS,
+        theta_conf: float = 0.0,
     ):
         super().__init__()
         anchors = torch.as_tensor(anchors, dtype=torch.float32)
@@ -60,6 +63,7 @@ class Detect(nn.Module):
         self.no = 5 + self.nc + self.nbins
         self.nl = int(anchors.shape[0])
         self.na = int(anchors.shape[1])
+        self.theta_conf = float(theta_conf)  # the arch record stores it, not the state dict
         self.register_buffer("anchors", anchors)  # pixels, (long, short)
         self.register_buffer("stride", torch.as_tensor(strides, dtype=torch.float32))
         self.m = nn.ModuleList(nn.Conv2d(int(c), self.na * self.no, 1) for c in ch)
@@ -99,7 +103,8 @@ class Detect(nn.Module):
     @classmethod
     def from_record(cls, r: dict, in_w: list[int], arch: dict) -> Detect:
         require(list(r["ch"]) == in_w, f"Detect ch={r['ch']} but its inputs have {in_w} channels")
-        return cls(arch["nc"], arch["anchors"], r["ch"], arch["strides"], arch.get("nbins", NBINS))
+        nbins, conf = arch.get("nbins", NBINS), arch.get("theta_conf", 0.0)  # 0: a checkpoint from before it
+        return cls(arch["nc"], arch["anchors"], r["ch"], arch["strides"], nbins, conf)
 
     def to_record(self) -> dict:
         return {"ch": [int(c.weight.shape[1]) for c in self.m]}
@@ -153,11 +158,14 @@ class Detect(nn.Module):
             xy = (p[..., 0:2].sigmoid() * 2 + grid) * self.stride[i].to(p.dtype)
             wh = (p[..., 2:4].sigmoid() * 2) ** 2 * self.anchors[i].to(p.dtype).view(1, na, 1, 1, 2)
             th_logits = p[..., 5 + nc :]
+            obj, cls = p[..., 4:5].sigmoid(), p[..., 5 : 5 + nc].sigmoid()
             if self.nbins:
-                theta = csl_bin_angle(th_logits.argmax(-1, keepdim=True).to(p.dtype), self.nbins)
+                peak, k = th_logits.max(-1, keepdim=True)
+                theta = csl_bin_angle(k.to(p.dtype), self.nbins)
+                if self.theta_conf > 0:  # softmax peak ** a = exp(a * (max - logsumexp))
+                    obj = obj * torch.exp(self.theta_conf * (peak - th_logits.logsumexp(-1, keepdim=True)))
             else:  # an angle-free head (nbins=0, a plain YOLOv5 head): theta 0
                 theta = torch.zeros_like(p[..., :1])
-            obj, cls = p[..., 4:5].sigmoid(), p[..., 5 : 5 + nc].sigmoid()
             parts = [xy, wh, theta, obj, cls] + ([th_logits.sigmoid()] if theta_probs else [])
             out.append(torch.cat(parts, -1).view(bs, -1, width))
         return torch.cat(out, 1)

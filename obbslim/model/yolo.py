@@ -190,6 +190,7 @@ class OBBModel(nn.Module):
             rec = {"type": m.type, "from": list(m.f) if isinstance(m.f, list) else m.f, **m.to_record()}
             layers.append({k: (int(v) if isinstance(v, int) else v) for k, v in rec.items()})
         strides = [int(s) if float(s).is_integer() else float(s) for s in det.stride.tolist()]
+        conf = {"theta_conf": float(det.theta_conf)} if det.theta_conf else {}  # absent: 0, as before it
         return {
             "name": self.name,
             "nc": det.nc,
@@ -198,6 +199,7 @@ class OBBModel(nn.Module):
             "anchors": [[[float(v) for v in a] for a in lvl] for lvl in det.anchors.tolist()],
             "strides": strides,
             "layers": layers,
+            **conf,
         }
 
     @property

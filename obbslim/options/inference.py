@@ -8,7 +8,13 @@ from typing import Any
 
 from obbslim.errors import ObbslimError
 from obbslim.options.base import Options, option, threads_option, workers_option
-from obbslim.options.checks import COUNT, FRACTION, IMGSZ, at_least
+from obbslim.options.checks import COUNT, FRACTION, IMGSZ, at_least, non_negative
+
+
+def theta_conf_option() -> Any:
+    """One spelling for detect and val: the power of the angle's confidence in the score."""
+    return option(None, "score = obj x cls x (the angle bins' softmax peak) ** A (default: the checkpoint's; "
+                  "0: obj x cls)", type=float, metavar="A", check=non_negative())  # fmt: skip
 
 
 def default_gap(tile: int) -> int:
@@ -49,6 +55,7 @@ class DetectConfig(Options):
     rates: tuple[float, ...] = option((1.0,), "multi-scale: resize each image by these rates, tile, merge "
                                       "(e.g. 0.5 1.0 1.5; default 1.0)", nargs="+")  # fmt: skip
     flip: bool = option(False, "also predict each window mirrored left-right and up-down (3x the windows)")
+    theta_conf: float | None = theta_conf_option()
     save_img: bool = option(False, "save images with the boxes drawn")
     save_txt: bool = option(False, "save labels/<stem>.txt: x1 y1 .. y4 class score")
     save_dota: str | Path | None = option(None, "write DOTA Task1_<class>.txt files into DIR", metavar="DIR")
@@ -91,6 +98,7 @@ class ValConfig(Options):
     rates: tuple[float, ...] = option((1.0,), "--full-images multi-scale: resize each image by these rates "
                                       "(e.g. 0.5 1.0 1.5; default 1.0)", nargs="+")  # fmt: skip
     flip: bool = option(False, "--full-images: also predict each tile mirrored left-right and up-down")
+    theta_conf: float | None = theta_conf_option()
     project: str | Path = option("runs/val", "where run folders go")
     name: str = option("exp", "run folder name")
     exist_ok: bool = option(False, "reuse <project>/<name> instead of <name>2, ...")
