@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--model", default="yolov5n-obb.yaml")
     ap.add_argument("--hyp", default=None, help="obbslim hyperparameter YAML (default: the packaged one)")
     ap.add_argument("--amp", action="store_true", help="peer: nothing; obbslim: AMP is on by default on CUDA")
+    ap.add_argument("--bf16", action="store_true", help="obbslim trains under bfloat16 autocast "
+                    "(CPU; the peer has no such mode)")  # fmt: skip
     ap.add_argument("--peer-python", default=None, help="interpreter with ultralytics installed")
     ap.add_argument("--peer-model", default="yolov8n-obb.yaml")
     ap.add_argument("--peer-script", default=str(PEER_SCRIPT))
@@ -135,7 +137,8 @@ def main() -> None:
         cmd = [*obb, "train", "--data", str(data), "--model", args.model, "--epochs", str(args.epochs),
                "--imgsz", str(args.size), "--batch", str(args.batch), "--workers", str(args.workers),
                "--device", args.device, "--project", str(out), "--name", "obbslim", "--exist-ok", "--noplots"]
-        t = run(cmd + (["--hyp", args.hyp] if args.hyp else []), out / "obbslim_train.log")
+        cmd += (["--hyp", args.hyp] if args.hyp else []) + (["--bf16"] if args.bf16 else [])
+        t = run(cmd, out / "obbslim_train.log")
         (out / "obbslim_time.txt").write_text(f"{t:.1f}\n")
         weights = run_dir / "weights" / "best.pt"
         cmd = [*obb, "detect", "--weights", str(weights), "--source", str(synth / "images" / "val"),

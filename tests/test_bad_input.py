@@ -621,6 +621,22 @@ def test_interrupted_detect_resumes_and_writes_the_same_task1_files(synth, tiny,
     assert r["n_resumed"] == 0 and "discarded; starting over" in capsys.readouterr().err
 
 
+def test_detect_resume_settings_name_what_changes_the_detections(tiny):
+    """Kept results of another scoring, merge or test-time augmentation are discarded, not mixed in."""
+    from obbslim.inference.detect import _settings
+    from obbslim.inference.detector import Detector
+    from obbslim.options import DetectConfig
+
+    def settings(**kw):
+        cfg = DetectConfig.of(weights=tiny, source=["x"], imgsz=64, device="cpu", **kw)
+        return _settings(cfg, Detector(tiny, device="cpu", imgsz=64, **kw))
+
+    base = settings()
+    for kw in ({"theta_conf": 0.5}, {"merge": False}, {"rates": (0.5, 1.0)}, {"flip": True}):
+        assert settings(**kw) != base, kw
+    assert settings() == base
+
+
 # ------------------------------------------------------------------------------ split: Ctrl-C leftovers
 def test_interrupted_split_leaves_no_temporary_files(shared_data, tmp_path, monkeypatch):
     """The pool's workers are killed mid-write on Ctrl-C; their hidden temp files are removed (and a

@@ -42,7 +42,9 @@ def tiny_model(names=NAMES, seed: int = 0, arch: dict | None = None, width: floa
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("w") / "tiny.pt"
-    save(tiny_model(), p)
+    m = tiny_model()
+    m.detect.theta_conf = 0.25  # a trained model's default: the export computes it in the graph
+    save(m, p)
     return p
 
 
@@ -120,6 +122,7 @@ def test_export_checker_opset_metadata(onnx_256):
     assert meta["names"] == NAMES and meta["nc"] == 15 and meta["stride"] == [8, 16, 32]
     assert meta["imgsz"] == [256, 256] and meta["dynamic"] is False and meta["half"] is False
     assert meta["arch"]["name"] == "yolov5n-obb" and meta["arch"]["nbins"] == 180
+    assert meta["arch"]["theta_conf"] == 0.25
     assert [i.name for i in m.graph.input] == ["images"] and [o.name for o in m.graph.output] == ["output"]
     ops = {n.op_type for n in m.graph.node}
     assert "BatchNormalization" not in ops and "ArgMax" in ops  # BN fused; theta decoded in the graph
@@ -184,6 +187,21 @@ def test_postprocess_with_and_without_theta_columns():
         postprocess(d[..., :9], nc=3, theta_refine=True)
     with pytest.raises(ValueError, match="channels"):
         postprocess(d[..., :12], nc=3)
+
+
+def test_theta_conf_can_be_replaced_for_a_checkpoint_not_an_export(ckpt, onnx_256, shared_data):
+    from obbslim.inference.detector import Detector
+
+    x = dota8_image(shared_data, 256)
+    assert Detector(ckpt, device="cpu", imgsz=256).model.detect.theta_conf == 0.25
+    det = Detector(ckpt, device="cpu", imgsz=256, theta_conf=0.0)
+    with torch.no_grad():
+        plain = det.forward(x, [])
+    ref = torch_decoded(ckpt, x)  # 0.25: objectness x the angle bins' softmax peak ** 0.25
+    peak = torch.logit(ref[..., 6 + 15 :]).softmax(-1).amax(-1)  # the theta columns are sigmoids
+    torch.testing.assert_close(ref[..., 5], plain[..., 5] * peak**0.25, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ObbslimError, match="exported with"):
+        Detector(onnx_256, device="cpu", imgsz=256, theta_conf=0.0)
 
 
 def test_pruned_width_model_exports(tmp_path):

@@ -115,6 +115,9 @@ BAD_FIELDS = [
     ("arch.layers.0.s", 0, "arch.layers[0].s"),
     ("arch.layers.0", "Conv", "arch.layers[0]"),
     ("arch.ch", 10**6, "arch.ch"),
+    ("arch.theta_conf", -0.5, "arch.theta_conf"),
+    ("arch.theta_conf", float("inf"), "arch.theta_conf"),
+    ("arch.theta_conf", "0.25", "arch.theta_conf"),
 ]
 
 

@@ -151,6 +151,34 @@ def test_decode_by_hand():
     torch.testing.assert_close(z[:5], torch.tensor([8.0, 8.0, 80.0, 80.0, -math.pi / 2]))
 
 
+def test_theta_conf_scales_objectness_by_the_angle_softmax_peak():
+    anchors = [[[10, 5]], [[40, 20]], [[100, 50]]]
+    no = 5 + 2 + 180
+    raw = [torch.zeros(1, 1, 1, 1, no) for _ in range(3)]
+    raw[0][..., 4] = 1.0
+    raw[0][..., 7 + 30] = raw[0][..., 7 + 120] = math.log(89.0)  # two peaks: 89 / (89 + 89 + 178) = 0.25
+    raw[1][..., 7 + 60] = 50.0  # one sure bin: peak 1
+    plain = Detect(nc=2, anchors=anchors, ch=[4, 4, 4], strides=[8, 16, 32]).eval()
+    half = Detect(nc=2, anchors=anchors, ch=[4, 4, 4], strides=[8, 16, 32], theta_conf=0.5).eval()
+    a, b = plain.decode(raw), half.decode(raw)
+    obj = torch.sigmoid(torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(a[0, :, 5], obj)
+    # x 0.25 ** 0.5, x 1, x (1 / 180) ** 0.5 (uniform bins)
+    torch.testing.assert_close(b[0, :, 5], obj * torch.tensor([0.5, 1.0, (1 / 180) ** 0.5]))
+    torch.testing.assert_close(b[..., :5], a[..., :5])  # the box and angle do not change
+    torch.testing.assert_close(b[..., 6:], a[..., 6:])
+
+
+def test_theta_conf_is_kept_by_the_arch_record(nano):
+    assert "theta_conf" not in nano.get_arch()  # 0: the record of a model from before it, unchanged
+    m = copy.deepcopy(nano)
+    m.detect.theta_conf = 0.25
+    arch = m.get_arch()
+    assert arch["theta_conf"] == 0.25
+    assert OBBModel.from_arch(arch).detect.theta_conf == 0.25
+    assert OBBModel.from_arch(nano.get_arch()).detect.theta_conf == 0.0
+
+
 def test_theta_bins_match_ops_csl():
     csl = pytest.importorskip("obbslim.ops.csl")
     logits = torch.full((4, 180), -5.0)

@@ -21,6 +21,7 @@ from obbslim.engine import optim
 from obbslim.engine.callbacks import Callback
 from obbslim.engine.ema import ModelEMA
 from obbslim.engine.runs import ResultsCSV, numeric_series, plot_results
+from obbslim.errors import ObbslimError
 from obbslim.utils.io import increment_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -302,6 +303,19 @@ def test_train_end_to_end_writes_run_dir(synth, tiny_spec, tmp_path):
     assert args["epochs"] == 2 and args["imgsz"] == 64
     model = load(d / "weights/best.pt")
     assert model.nc == 5
+    # the softmax angle head (the default theta_loss: ce) scores with its peak ** hyp theta_conf
+    assert ck["arch"]["theta_conf"] == 0.25 and model.detect.theta_conf == 0.25
+
+
+def test_theta_conf_needs_the_softmax_angle_loss():
+    from obbslim.cfg import load_hyp
+    from obbslim.engine.train import theta_conf
+
+    assert theta_conf(load_hyp()) == 0.25
+    assert theta_conf(load_hyp({"theta_conf": 0.5})) == 0.5
+    assert theta_conf(load_hyp({"theta_loss": "bce", "theta": 1.0})) == 0.0  # per-bin sigmoids: no peak
+    with pytest.raises(ObbslimError, match="theta_conf"):
+        load_hyp({"theta_conf": -1.0})
 
 
 def test_resume_gives_the_same_weights(synth, tiny_spec, tmp_path):

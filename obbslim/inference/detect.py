@@ -286,6 +286,8 @@ def _settings(cfg: DetectConfig, det: Detector) -> dict[str, Any] | None:
         "weights": os.path.realpath(w), "weights_bytes": st.st_size, "weights_mtime_ns": st.st_mtime_ns,
         "imgsz": det.imgsz, "input_shape": list(det.input_shape), "tile": det.tile, "gap": det.gap,
         "conf": det.conf, "iou": det.iou, "max_det": det.max_det, "half": det.half, "names": list(det.names),
+        "merge": det.merge, "rates": list(det.rates), "flip": det.flip,
+        "theta_conf": getattr(getattr(det.model, "detect", None), "theta_conf", None),  # an export: its file
     }  # fmt: skip
 
 
