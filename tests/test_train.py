@@ -314,8 +314,9 @@ def test_theta_conf_needs_the_softmax_angle_loss():
     assert theta_conf(load_hyp()) == 0.25
     assert theta_conf(load_hyp({"theta_conf": 0.5})) == 0.5
     assert theta_conf(load_hyp({"theta_loss": "bce", "theta": 1.0})) == 0.0  # per-bin sigmoids: no peak
-    with pytest.raises(ObbslimError, match="theta_conf"):
-        load_hyp({"theta_conf": -1.0})
+    for bad in (-1.0, 9.0):  # 9 would train, then be refused by the checkpoint check at load
+        with pytest.raises(ObbslimError, match="theta_conf"):
+            load_hyp({"theta_conf": bad})
 
 
 def test_resume_gives_the_same_weights(synth, tiny_spec, tmp_path):

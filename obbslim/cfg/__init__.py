@@ -46,9 +46,10 @@ RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
                           "label_smoothing", "momentum", "warmup_momentum", "ema_decay", "translate",
                           "lrf", "csl_square")},  # fmt: skip
     **{k: _NON_NEGATIVE for k in ("weight_decay", "warmup_epochs", "warmup_bias_lr", "box", "obj", "cls",
-                                  "theta", "theta_iou", "theta_square", "theta_conf", "box_size", "degrees",
-                                  "scale", "shear", "min_size", "clip_grad_norm", "close_mosaic",
+                                  "theta", "theta_iou", "theta_square", "box_size", "degrees", "scale",
+                                  "shear", "min_size", "clip_grad_norm", "close_mosaic",
                                   "warmup_min_iters")},  # fmt: skip
+    "theta_conf": ("in [0, 8]", lambda v: 0 <= v <= 8),  # the range a checkpoint's arch.theta_conf may hold
     **{k: _POSITIVE for k in ("lr0", "cls_pw", "obj_pw", "theta_pw", "anchor_t", "csl_radius", "ema_tau",
                               "nbs")},  # fmt: skip
 }
