@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from typing import Callable
 
 import numpy as np
 
@@ -32,13 +33,35 @@ def score(weights: str, samples: list, names: list[str], imgsz: int, ratio: floa
         res = det.predict_batch([str(s.im_file) for s in samples])
     finally:
         ops.merge_rotated = MERGE
+    return (*ap50_ap75(samples, res, names), det.speed()["nms"])
+
+
+def ap50_ap75(samples: list, res: list, names: list[str]) -> tuple[float, float]:
+    """VOC07 mAP at IoU 0.5 and 0.75 of ``Detector.predict_batch`` results on ``samples``."""
     gts = [(np.asarray(s.polys, np.float64).reshape(-1, 8), s.cls, s.difficult) for s in samples]
     dets = [(ops.rbox2poly(d.rboxes).reshape(-1, 8), d.scores, d.cls) for d in res]
     aps = []
     for thr in (0.5, 0.75):
         r = evaluate_images(gts, dets, names, metric="voc07", iou_thr=thr)
         aps.append(float(np.mean([r["per_class"][n] for n in names if r["n_gt"].get(n, 0) > 0])))
-    return aps[0], aps[1], det.speed()["nms"]
+    return aps[0], aps[1]
+
+
+def print_table(
+    weights: list[str], heads: list[str], cells: Callable, third: str, label: Callable | None = None,
+    label_head: str = "label",
+) -> None:
+    """One markdown row per checkpoint: ``cells(w)`` gives (AP50, AP75, third figure) per column, then the
+    means of AP50 / AP75; ``label(w)`` adds a column (``label_head``) after the weights."""
+    extra = " | " if label else ""
+    print(f"| weights |{f' {label_head} |' if label else ''} {' | '.join(heads)} |  (AP50 / AP75 / {third})")
+    means = np.zeros((len(heads), 2))
+    for w in weights:
+        row = cells(w)
+        means += np.array([c[:2] for c in row]) / len(weights)
+        text = " | ".join(f"{a:.3f} / {b:.3f} / {t:.1f}" for a, b, t in row)
+        print(f"| {w} | {label(w) + extra if label else ''}{text} |", flush=True)
+    print(f"| mean | {extra}" + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in means) + " |")
 
 
 def main() -> None:
@@ -52,15 +75,9 @@ def main() -> None:
     names = list(data["names"])
     samples, _ = load_split(data, "val", verbose=False)
     variants = [None, *args.ratios]
-    head = " | ".join("plain NMS" if r is None else f"merge {r}" for r in variants)
-    print(f"| weights | {head} |  (AP50 / AP75 / NMS ms per image)")
-    means = np.zeros((len(variants), 2))
-    for w in args.weights:
-        cells = [score(w, samples, names, args.imgsz, r) for r in variants]
-        means += np.array([c[:2] for c in cells]) / len(args.weights)
-        row = " | ".join(f"{a:.3f} / {b:.3f} / {t:.1f}" for a, b, t in cells)
-        print(f"| {w} | {row} |", flush=True)
-    print("| mean | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in means) + " |")
+    heads = ["plain NMS" if r is None else f"merge {r}" for r in variants]
+    print_table(args.weights, heads, lambda w: [score(w, samples, names, args.imgsz, r) for r in variants],
+                "NMS ms per image")  # fmt: skip
 
 
 if __name__ == "__main__":

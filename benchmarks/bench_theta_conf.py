@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
+from bench_merge import ap50_ap75, print_table
 
 import obbslim
-from obbslim import ops
 from obbslim.data.labels import load_data_yaml, load_split
-from obbslim.eval import evaluate_images
 from obbslim.model import read_checkpoint
 
 
@@ -27,13 +25,11 @@ def score(weights: str, samples: list, names: list[str], imgsz: int, power: floa
     """(AP50, AP75, detections per image) of one checkpoint scored with ``theta_conf=power``."""
     det = obbslim.Detector(weights, device="cpu", imgsz=imgsz, conf=0.001, max_det=1000, theta_conf=power)
     res = det.predict_batch([str(s.im_file) for s in samples])
-    gts = [(np.asarray(s.polys, np.float64).reshape(-1, 8), s.cls, s.difficult) for s in samples]
-    dets = [(ops.rbox2poly(d.rboxes).reshape(-1, 8), d.scores, d.cls) for d in res]
-    aps = []
-    for thr in (0.5, 0.75):
-        r = evaluate_images(gts, dets, names, metric="voc07", iou_thr=thr)
-        aps.append(float(np.mean([r["per_class"][n] for n in names if r["n_gt"].get(n, 0) > 0])))
-    return aps[0], aps[1], sum(len(d.scores) for d in res) / max(len(res), 1)
+    return (*ap50_ap75(samples, res, names), sum(len(d.scores) for d in res) / max(len(res), 1))
+
+
+def angle_loss(weights: str) -> str:
+    return (read_checkpoint(weights).get("hyp") or {}).get("theta_loss", "bce (before the key)")
 
 
 def main() -> None:
@@ -46,16 +42,9 @@ def main() -> None:
     data = load_data_yaml(args.data)
     names = list(data["names"])
     samples, _ = load_split(data, "val", verbose=False)
-    head = " | ".join(f"theta_conf {p:g}" for p in args.powers)
-    print(f"| weights | angle loss | {head} |  (AP50 / AP75 / detections per image)")
-    means = np.zeros((len(args.powers), 2))
-    for w in args.weights:
-        loss = (read_checkpoint(w).get("hyp") or {}).get("theta_loss", "bce (before the key)")
-        cells = [score(w, samples, names, args.imgsz, p) for p in args.powers]
-        means += np.array([c[:2] for c in cells]) / len(args.weights)
-        row = " | ".join(f"{a:.3f} / {b:.3f} / {n:.0f}" for a, b, n in cells)
-        print(f"| {w} | {loss} | {row} |", flush=True)
-    print("| mean | | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in means) + " |")
+    heads = [f"theta_conf {p:g}" for p in args.powers]
+    print_table(args.weights, heads, lambda w: [score(w, samples, names, args.imgsz, p) for p in args.powers],
+                "detections per image", label=angle_loss, label_head="angle loss")  # fmt: skip
 
 
 if __name__ == "__main__":
