@@ -304,6 +304,22 @@ def test_predict_batch_matches_single_and_arrays(tiny_trained):
     assert set(sp) == {"preprocess", "inference", "nms"} and all(v > 0 for v in sp.values())
 
 
+def test_cpu_detector_runs_channels_last_with_the_same_detections(tiny_trained):
+    """On the CPU a checkpoint runs in the channels_last layout (faster there); the boxes are the
+    contiguous model's to rounding."""
+    img = draw(OBJECTS[0])[0]
+    det = Detector(tiny_trained, device="cpu", imgsz=SIZE, conf=0.1)
+    convs = [m.weight for m in det.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    got = det.predict(img)
+    det.model.to(memory_format=torch.contiguous_format)
+    assert not convs[0].is_contiguous(memory_format=torch.channels_last)
+    want = det.predict(img)
+    assert len(got) == len(want) > 0
+    np.testing.assert_allclose(got.rboxes, want.rboxes, atol=1e-3)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+
+
 def test_windows_and_letterbox_back_to_image_pixels():
     """A fake network answering one box at a known place of the network input: the Detector maps it
     back through the letterbox (and the tile offset) to the expected image pixels."""

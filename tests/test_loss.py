@@ -15,6 +15,7 @@ from obbslim.engine.loss import (
     OBBLoss,
     bbox_ciou,
     kld_loss,
+    one_target_per_cell,
     probiou,
     scale_gains,
     soft_rotation,
@@ -224,6 +225,33 @@ def test_build_targets_no_targets_and_border():
     t = torch.tensor([[0, 0, 2.0, 2.0, 8.0, 8.0, 0.0]])
     _, _, indices, _, _ = crit.build_targets(empty_preds(), t)
     assert sorted(got_idx(indices[0])) == [(0, 0, 0, 0), (0, 2, 0, 0)]  # anchors (2, 1) and (1, 1)
+
+
+def test_one_target_per_cell_keeps_the_nearest_centre():
+    cell = torch.tensor([5, 3, 5, 5, 7, 3])
+    # offsets from the cell's corner; squared distances to (0.5, 0.5): .16, 0, .01, .5, 1.62, 0
+    off = torch.tensor([[0.9, 0.5], [0.5, 0.5], [0.5, 0.6], [0.0, 0.0], [1.4, 1.4], [0.5, 0.5]])
+    assert one_target_per_cell(cell, off).tolist() == [1, 2, 4]  # cell 3: a tie, the earlier one
+    assert one_target_per_cell(torch.zeros(0, dtype=torch.long), torch.zeros((0, 2))).tolist() == []
+
+
+@pytest.mark.parametrize("assign", ["shared", "unique"])
+def test_build_targets_neighbours_share_a_cell_only_when_shared(assign):
+    """Two 16 x 8 px cars side by side, 8 px apart: the right one's left-neighbour cell is the left one's
+    own cell. YOLOv5 (shared) regresses that predictor to both; unique keeps the car centred in it."""
+    crit = OBBLoss(Head(), {"assign": assign})
+    t = torch.tensor([[0, 0, 18.0, 14.0, 16.0, 8.0, 0.0], [0, 1, 26.0, 14.0, 16.0, 8.0, 0.0]])
+    tcls, tbox, indices, _, _ = crit.build_targets(empty_preds(), t)
+    cells = got_idx(indices[0])
+    # level 0: each car takes its cell, the left neighbour and the one below, at anchors 0 and 2
+    assert len(cells) == (12 if assign == "shared" else 10)
+    assert len(set(cells)) == 10
+    at = [(k, tb.tolist()) for k, (c, tb) in enumerate(zip(cells, tbox[0])) if c[1:] == (0, 1, 2)]
+    if assign == "unique":  # the left car: offset (0.25, 0.75) from the corner, the right one (1.25, 0.75)
+        assert [tb for _, tb in at] == [pytest.approx([0.25, 0.75, 2.0, 1.0])]
+        assert tcls[0][at[0][0]].item() == 0
+    else:
+        assert sorted(tcls[0][k].item() for k, _ in at) == [0, 1]
 
 
 # ---------------------------------------------------------------- the loss

@@ -262,6 +262,24 @@ def bin_angles(nbins: int, like: torch.Tensor) -> torch.Tensor:
     return _BIN_CACHE[key]
 
 
+def one_target_per_cell(cell: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Indices of the assignments to keep so that each predictor (``cell``: image, anchor and grid cell as
+    one integer) regresses to one target: the one whose centre (``offset`` from the cell's corner, grid
+    units) is nearest the cell's centre; ties go to the earlier assignment.
+
+    YOLOv5 lets a predictor take every target assigned to it, and in a row of parked cars one predictor
+    gets two or three neighbours: the box that best overlaps all of them is larger than any one car."""
+    if cell.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=cell.device)
+    dist = (offset - 0.5).square().sum(1)
+    order = torch.argsort(dist, stable=True)
+    _, inverse = torch.unique(cell[order], return_inverse=True)
+    rank = torch.arange(len(order), device=cell.device)
+    first = torch.full((int(inverse.max()) + 1,), len(order), dtype=torch.long, device=cell.device)
+    first = first.scatter_reduce(0, inverse, rank, reduce="amin")
+    return torch.sort(order[first]).values
+
+
 def _detect_head(model: nn.Module) -> nn.Module:
     """The Detect module: the one exposing ``anchors``, ``stride`` and ``nbins`` (works through DDP)."""
     for m in model.modules():
@@ -276,7 +294,8 @@ class OBBLoss:
     ``items`` is a detached tensor ``[4] = (box, obj, cls, theta)`` (already multiplied by their gains,
     not by the batch size). ``hyp`` keys (defaults in ``cfg/hyp.default.yaml``): gains ``box obj cls theta``,
     ``cls_pw obj_pw theta_pw`` (BCE positive weights), ``anchor_t``, ``label_smoothing``,
-    ``csl_radius``, ``csl_window`` and ``box_loss`` in ``ciou | probiou | kld``.
+    ``csl_radius``, ``csl_window``, ``box_loss`` in ``ciou | probiou | kld`` and ``assign`` in
+    ``shared | unique`` (:func:`one_target_per_cell`).
     """
 
     def __init__(self, model: nn.Module, hyp: dict | None = None):
@@ -468,6 +487,10 @@ class OBBLoss:
             gxy, gwh, a = t[:, 2:4], t[:, 4:6], t[:, 7].long()
             gij = (gxy - offsets).long()
             gi, gj = gij[:, 0].clamp(0, nx - 1), gij[:, 1].clamp(0, ny - 1)
+            if self.hyp["assign"] == "unique":
+                cell = ((b * na + a) * ny + gj) * nx + gi
+                keep = one_target_per_cell(cell, gxy - torch.stack((gi, gj), 1))
+                b, c, a, gi, gj, gxy, gwh, t = (x[keep] for x in (b, c, a, gi, gj, gxy, gwh, t))
             indices.append((b, a, gj, gi))
             tbox.append(torch.cat((gxy - torch.stack((gi, gj), 1), gwh), 1))
             anch.append(anchors[a])

@@ -112,8 +112,9 @@ class TrainState:
 
     @property
     def channels_last(self) -> bool:
-        """On CUDA by request (``--channels-last``); on the CPU with bf16, always: oneDNN's bf16 convs run
-        faster in it (yolov5n-obb at 256 px, two threads: a training step 15%, a forward 22%)."""
+        """On the CPU always: oneDNN's convolutions run faster in it, in float32 as in bf16 (a yolov5n-obb
+        training step, batch 16 at 320 px, two threads: 0.71x the time; ``benchmarks/bench_layout.py``).
+        On CUDA by request (``--channels-last``)."""
         return use_channels_last(self.cfg, self.device, self.bf16)
 
     def autocast(self) -> torch.autocast:
@@ -690,7 +691,7 @@ def _scan_data(cfg: TrainConfig, info: ddp.DistInfo, log: Callable) -> tuple[lis
 
 def use_channels_last(cfg: TrainConfig, dev: torch.device, bf16: bool) -> bool:
     """Whether the model and the batches use the channels_last memory format (TrainState.channels_last)."""
-    return bool(cfg.channels_last and dev.type == "cuda") or bf16
+    return dev.type == "cpu" or bf16 or bool(cfg.channels_last)
 
 
 def _use_bf16(cfg: TrainConfig, dev: torch.device, log: Callable[..., None]) -> bool:

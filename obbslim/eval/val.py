@@ -34,7 +34,7 @@ from obbslim.inference.detect import check_stems, list_sources, windows_line, wr
 from obbslim.inference.detector import Detector, set_theta_conf
 from obbslim.model import load
 from obbslim.options import ValConfig
-from obbslim.utils.device import select_device
+from obbslim.utils.device import cpu_layout, select_device
 from obbslim.utils.io import atomic_write_text, open_run_dir, run_path
 from obbslim.utils.names import check_names
 from obbslim.utils.text import plural
@@ -144,7 +144,8 @@ def _val_split(cfg: ValConfig) -> dict:
     if isinstance(weights, (str, Path)) and Path(weights).suffix.lower() == ".onnx":
         raise ObbslimError(f"{weights}: split validation takes a .pt checkpoint (ONNX: use --full-images)")
     dev = select_device(cfg.device)
-    model = load(weights, device=dev) if isinstance(weights, (str, Path)) else weights.to(dev)
+    from_file = isinstance(weights, (str, Path))
+    model = cpu_layout(load(weights, device=dev), dev) if from_file else weights.to(dev)
     if cfg.theta_conf is not None:
         set_theta_conf(model, cfg.theta_conf)
     d = load_data_yaml(cfg.data)

@@ -40,7 +40,7 @@ from obbslim.model import load
 from obbslim.ops import rbox2poly
 from obbslim.options import DetectConfig
 from obbslim.options.inference import check_gap, default_gap
-from obbslim.utils.device import select_device
+from obbslim.utils.device import cpu_layout, select_device
 
 
 @dataclass
@@ -152,7 +152,7 @@ def load_weights(
         model = OnnxModel(path, providers=providers)
         return model, list(names or model.names), "onnx"
 
-    model = load(path, device=device).fuse()
+    model = cpu_layout(load(path, device=device).fuse(), device)
     return model, list(names or model.names), "torch"
 
 

@@ -88,7 +88,7 @@ class TrainConfig(Options):
     bf16: bool = option(
         False, "CPU: bfloat16 autocast where the CPU has bf16 instructions (about 1.5x faster steps)"
     )
-    channels_last: bool = option(False, "channels_last memory format (CUDA)")
+    channels_last: bool = option(False, "channels_last memory format on CUDA (the CPU always uses it)")
     sync_bn: bool = option(False, "SyncBatchNorm across DDP processes (CUDA)")
     stop_after: int | None = option(
         None,
