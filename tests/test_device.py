@@ -44,3 +44,15 @@ def test_cpu_bf16_native_needs_bf16_instructions(monkeypatch, avx512_bf16, amx, 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     assert cpu_bf16_native() is expected
+
+
+def test_channels_last_on_the_cpu_always_and_on_cuda_by_request():
+    from obbslim.engine.train import use_channels_last
+    from obbslim.options import TrainConfig
+    from obbslim.utils.device import prefers_channels_last
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert prefers_channels_last(cpu) and not prefers_channels_last(gpu)
+    assert use_channels_last(TrainConfig(data="d.yaml"), cpu)
+    assert not use_channels_last(TrainConfig(data="d.yaml"), gpu)
+    assert use_channels_last(TrainConfig(data="d.yaml", channels_last=True), gpu)

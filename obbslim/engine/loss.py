@@ -269,14 +269,11 @@ def one_target_per_cell(cell: torch.Tensor, offset: torch.Tensor) -> torch.Tenso
 
     YOLOv5 lets a predictor take every target assigned to it, and in a row of parked cars one predictor
     gets two or three neighbours: the box that best overlaps all of them is larger than any one car."""
-    if cell.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=cell.device)
-    dist = (offset - 0.5).square().sum(1)
-    order = torch.argsort(dist, stable=True)
-    _, inverse = torch.unique(cell[order], return_inverse=True)
-    rank = torch.arange(len(order), device=cell.device)
-    first = torch.full((int(inverse.max()) + 1,), len(order), dtype=torch.long, device=cell.device)
-    first = first.scatter_reduce(0, inverse, rank, reduce="amin")
+    order = torch.argsort((offset - 0.5).square().sum(1), stable=True)  # nearest first
+    order = order[torch.argsort(cell[order], stable=True)]  # grouped by cell, nearest first in each
+    grouped = cell[order]
+    first = torch.ones_like(grouped, dtype=torch.bool)
+    first[1:] = grouped[1:] != grouped[:-1]
     return torch.sort(order[first]).values
 
 

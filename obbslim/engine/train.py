@@ -56,7 +56,7 @@ from obbslim.model import build, check_anchors, ckpt_to_model, read_checkpoint, 
 from obbslim.model.pretrained import load_pretrained
 from obbslim.ops import poly2rbox
 from obbslim.options import TrainConfig
-from obbslim.utils.device import cpu_bf16_native, de_parallel, select_device
+from obbslim.utils.device import cpu_bf16_native, de_parallel, prefers_channels_last, select_device
 from obbslim.utils.io import claim_run_dir, increment_path, run_path
 from obbslim.utils.lock import RunLock
 from obbslim.utils.text import plural
@@ -112,10 +112,8 @@ class TrainState:
 
     @property
     def channels_last(self) -> bool:
-        """On the CPU always: oneDNN's convolutions run faster in it, in float32 as in bf16 (a yolov5n-obb
-        training step, batch 16 at 320 px, two threads: 0.71x the time; ``benchmarks/bench_layout.py``).
-        On CUDA by request (``--channels-last``)."""
-        return use_channels_last(self.cfg, self.device, self.bf16)
+        """On the CPU always (``utils.device.prefers_channels_last``), on CUDA by request."""
+        return use_channels_last(self.cfg, self.device)
 
     def autocast(self) -> torch.autocast:
         """fp16 autocast under CUDA AMP, bf16 under ``--bf16`` on the CPU, else a no-op."""
@@ -606,7 +604,7 @@ def build_state(
     net, imgsz = _build_model(cfg, ckpt, names, hyp, train_samples, log)
     net.to(dev)
     bf16 = _use_bf16(cfg, dev, log)
-    if use_channels_last(cfg, dev, bf16):
+    if use_channels_last(cfg, dev):
         net.to(memory_format=torch.channels_last)
     wd = scaled_weight_decay(hyp["weight_decay"], cfg.batch, hyp["nbs"])
     state = TrainState(
@@ -689,9 +687,10 @@ def _scan_data(cfg: TrainConfig, info: ddp.DistInfo, log: Callable) -> tuple[lis
     return list(data["names"]), train_samples, val_samples
 
 
-def use_channels_last(cfg: TrainConfig, dev: torch.device, bf16: bool) -> bool:
-    """Whether the model and the batches use the channels_last memory format (TrainState.channels_last)."""
-    return dev.type == "cpu" or bf16 or bool(cfg.channels_last)
+def use_channels_last(cfg: TrainConfig, dev: torch.device) -> bool:
+    """Whether the model and the batches use the channels_last memory format (TrainState.channels_last):
+    where the device prefers it (bf16 runs on the CPU, so it does too), or by ``--channels-last``."""
+    return prefers_channels_last(dev) or bool(cfg.channels_last)
 
 
 def _use_bf16(cfg: TrainConfig, dev: torch.device, log: Callable[..., None]) -> bool:

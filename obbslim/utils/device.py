@@ -48,7 +48,13 @@ def cpu_bf16_native() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
+def prefers_channels_last(device: torch.device) -> bool:
+    """The CPU: oneDNN's convolutions run faster in the channels_last memory format, float32 as bf16
+    (yolov5n-obb, batch 16 at 320 px, two threads: a training step 0.71x the time, a forward 0.83x;
+    ``benchmarks/bench_layout.py``). CUDA: only on request (``--channels-last``)."""
+    return device.type == "cpu"
+
+
 def cpu_layout(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model in the channels_last memory format on the CPU (oneDNN's convolutions run faster in it:
-    yolov5n-obb's forward, batch 16 at 320 px, two threads, 0.83x the time); elsewhere as it is."""
-    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+    """The model in channels_last where the device prefers it (:func:`prefers_channels_last`)."""
+    return model.to(memory_format=torch.channels_last) if prefers_channels_last(device) else model
