@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from obbslim.errors import ObbslimError
+from obbslim.model import read_checkpoint
 from obbslim.pipeline.stages import ROW_NAMES, STAGES
 
 FAST_HYP = {"warmup_epochs": 0.0, "nbs": 4, "mosaic": 0.0, "degrees": 0.0, "hsv_h": 0, "hsv_s": 0, "hsv_v": 0}
@@ -105,6 +106,9 @@ def test_every_stage_and_the_report(full):
     from obbslim.distill.run import auto_output
 
     info = {s: full["stages"][s]["info"] for s in ("1_baseline", "3_prune")}
+    # the baseline's mAP50 is best.pt's own (best.pt is chosen by 0.1 mAP50 + 0.9 mAP50-95, not by it)
+    best_ck = read_checkpoint(run / "1_baseline" / "weights" / "best.pt")
+    assert info["1_baseline"]["best_mAP50"] == best_ck["metrics"]["mAP50"]
     pick = auto_output(info["3_prune"]["mAP50"]["pruned_folded"], info["1_baseline"]["best_mAP50"])
     stored = yaml.safe_load((run / "4_distill" / "args.yaml").read_text())
     assert stored["kd_output"] == pick["kd_output"]

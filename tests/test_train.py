@@ -242,10 +242,26 @@ def test_validate_leaves_out_the_angle_probabilities_without_changing_the_detect
             assert torch.equal(oa[k], ob[k]), k
 
 
-def test_fitness_is_voc07_map50():
+def test_fitness_is_yolov5s_weighting_of_map50_and_map50_95():
     from obbslim.eval.metrics import fitness
 
-    assert fitness({"mAP50": 0.7, "mAP50_95": 0.1}) == 0.7
+    assert fitness({"mAP50": 0.7, "mAP50_95": 0.1}) == pytest.approx(0.07 + 0.09)
+    # the epoch whose boxes fit better wins over the one that only finds more of them
+    assert fitness({"mAP50": 0.66, "mAP50_95": 0.30}) > fitness({"mAP50": 0.67, "mAP50_95": 0.29})
+
+
+def test_resume_rescores_the_best_epoch_with_this_rule(tmp_path):
+    """A run started when best.pt was chosen by mAP50 alone stored that as its best fitness: resuming
+    reads the best epoch's row of results.csv again, so new epochs are compared on the same scale."""
+    from obbslim.engine.train import best_fitness_of
+
+    csv = tmp_path / "results.csv"
+    csv.write_text("epoch,box,mAP50,mAP50_95\n0,0.1,,\n1,0.09,0.5,0.2\n2,0.08,0.6,0.25\n")
+    assert best_fitness_of(csv, 2, stored=0.6) == pytest.approx(0.1 * 0.6 + 0.9 * 0.25)
+    assert best_fitness_of(csv, 1, stored=0.5) == pytest.approx(0.05 + 0.18)
+    assert best_fitness_of(csv, 0, stored=0.7) == 0.7  # not validated: the stored value
+    assert best_fitness_of(csv, 5, stored=0.4) == 0.4  # no row
+    assert best_fitness_of(tmp_path / "none.csv", 1, stored=0.3) == 0.3
 
 
 # ----------------------------------------------------------------------------- training runs

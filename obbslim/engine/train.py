@@ -163,8 +163,8 @@ def train(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> dic
     the total over all DDP processes. ``stop_after`` ends this invocation after that many epochs (the
     schedule still spans ``epochs``; ``resume`` continues).
     ``time_limit`` (hours) replaces ``epochs`` by the number that fits, re-estimated after every epoch.
-    best.pt is the epoch with the highest OBB mAP50 (VOC07). ``callbacks``: see
-    :mod:`obbslim.engine.callbacks`. ``threads`` (None: the machine's default, see
+    best.pt is the epoch with the highest ``eval.metrics.fitness`` (0.1 mAP50 + 0.9 mAP50-95).
+    ``callbacks``: see :mod:`obbslim.engine.callbacks`. ``threads`` (None: the machine's default, see
     :mod:`obbslim.utils.threads`) holds for the call; ``workers`` None: min(8, cores - 1).
     """
     cfg = TrainConfig.of(*args, **options)
@@ -481,7 +481,8 @@ def _summary(state: TrainState, stopped: str | None, stop: StopRequest) -> dict[
             plot_results(state.save_dir / "results.csv")
         hours = state.train_time() / 3600
         best_txt = (
-            f"best mAP50 {state.best_fitness:.3f} (epoch {state.best_epoch}) -> {state.best_pt}"
+            f"best fitness {state.best_fitness:.3f} (0.1 mAP50 + 0.9 mAP50-95, epoch {state.best_epoch}) "
+            f"-> {state.best_pt}"
             if best
             else (f"no validation, weights -> {state.last_pt}")
         )
@@ -774,9 +775,24 @@ def _restore(state: TrainState, ckpt: dict) -> None:
     if ckpt.get("scaler"):
         state.scaler.load_state_dict(ckpt["scaler"])
     state.epoch = state.completed = state.start_epoch = ckpt["epoch"] + 1
-    state.best_fitness, state.best_epoch = ckpt["best_fitness"], ckpt["best_epoch"]
+    state.best_epoch = ckpt["best_epoch"]
+    csv = state.save_dir / "results.csv"
+    state.best_fitness = best_fitness_of(csv, state.best_epoch, ckpt["best_fitness"])
     state.elapsed0 = float(ckpt.get("train_time", 0.0))
     set_rng_state(ckpt["rng"])
+
+
+def best_fitness_of(results_csv: Path, best_epoch: int, stored: float) -> float:
+    """The best epoch's fitness under this release's rule, from its row of results.csv: a run started by a
+    release that chose best.pt by mAP50 alone stored that, and its new epochs would be compared with it.
+    ``stored`` when the row or its columns are missing."""
+    for row in ResultsCSV(results_csv).read():
+        try:
+            if int(float(row["epoch"])) == best_epoch:
+                return fitness({"mAP50": float(row["mAP50"]), "mAP50_95": float(row["mAP50_95"])})
+        except (KeyError, ValueError):
+            return stored
+    return stored
 
 
 def _build_loaders(state: TrainState, train_samples: list, val_samples: list) -> None:

@@ -326,14 +326,14 @@ def own_metrics(weights: str | Path, cfg: CompressConfig) -> dict | None:
 
 
 def _train_result(sdir: Path, weights: str) -> tuple[dict, dict]:
-    """A training stage's outputs (the weights it hands on) and info: best mAP50, its epoch, the epochs
-    done and the training time, from last.pt."""
+    """A training stage's outputs (the weights it hands on) and info: best.pt's mAP50 (from its own
+    validation), its epoch, the epochs done and the training time (from last.pt)."""
     best, last = sdir / "weights" / "best.pt", sdir / "weights" / "last.pt"
     ck = read_checkpoint(last)
-    bf = ck.get("best_fitness")
+    best_map = (read_checkpoint(best).get("metrics") or {}).get("mAP50") if best.is_file() else None
     info = {
         "epochs": int(ck["epoch"]) + 1,
-        "best_mAP50": float(bf) if bf is not None and bf >= 0 else None,
+        "best_mAP50": float(best_map) if best_map is not None else None,
         "best_epoch": int(ck.get("best_epoch", -1)),
         "train_s": round(float(ck.get("train_time", 0.0)), 2),
     }
