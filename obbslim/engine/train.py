@@ -51,7 +51,7 @@ from obbslim.engine.trainer_utils import (
     set_rng_state,
 )
 from obbslim.errors import ObbslimError
-from obbslim.eval.metrics import fitness, validate
+from obbslim.eval.metrics import FITNESS, fitness, validate
 from obbslim.model import build, check_anchors, ckpt_to_model, read_checkpoint, save
 from obbslim.model.pretrained import load_pretrained
 from obbslim.ops import poly2rbox
@@ -163,7 +163,7 @@ def train(*args: Any, callbacks: Sequence[Callback] = (), **options: Any) -> dic
     the total over all DDP processes. ``stop_after`` ends this invocation after that many epochs (the
     schedule still spans ``epochs``; ``resume`` continues).
     ``time_limit`` (hours) replaces ``epochs`` by the number that fits, re-estimated after every epoch.
-    best.pt is the epoch with the highest ``eval.metrics.fitness`` (0.1 mAP50 + 0.9 mAP50-95).
+    best.pt is the epoch with the highest ``eval.metrics.fitness`` (``FITNESS``: 0.1 mAP50 + 0.9 mAP50-95).
     ``callbacks``: see :mod:`obbslim.engine.callbacks`. ``threads`` (None: the machine's default, see
     :mod:`obbslim.utils.threads`) holds for the call; ``workers`` None: min(8, cores - 1).
     """
@@ -481,7 +481,7 @@ def _summary(state: TrainState, stopped: str | None, stop: StopRequest) -> dict[
             plot_results(state.save_dir / "results.csv")
         hours = state.train_time() / 3600
         best_txt = (
-            f"best fitness {state.best_fitness:.3f} (0.1 mAP50 + 0.9 mAP50-95, epoch {state.best_epoch}) "
+            f"best fitness {state.best_fitness:.3f} ({FITNESS}, epoch {state.best_epoch}) "
             f"-> {state.best_pt}"
             if best
             else (f"no validation, weights -> {state.last_pt}")

@@ -25,6 +25,9 @@ from obbslim.utils.device import de_parallel
 IOU_THRS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
 
 
+FITNESS = "0.1 mAP50 + 0.9 mAP50-95"  # what fitness() computes, for the logs
+
+
 def fitness(metrics: dict[str, float]) -> float:
     """What best.pt is chosen by: YOLOv5's ``0.1 mAP50 + 0.9 mAP50-95`` (Ultralytics 8: mAP50-95 alone).
 
