@@ -230,9 +230,10 @@ def tiny_trained(tmp_path_factory, one_thread) -> Path:
     spec = load_spec("yolov5n-obb")
     spec["width_multiple"] = 0.125
     model = build(spec, nc=2, names=["red", "green"])
-    # the loss pinned (yolov5_obb's, no angle overlap term): these weights test the inference path, and
-    # must not change when the training recipe's defaults do
-    crit = OBBLoss(model, scale_gains(load_hyp({"theta_iou": 0.0}), nl=3, nc=2, imgsz=SIZE))
+    # the loss pinned (YOLOv5's shared assignment, no angle overlap term): these weights test the inference
+    # path, and must not change when the training recipe's defaults do
+    hyp = load_hyp({"theta_iou": 0.0, "assign": "shared"})
+    crit = OBBLoss(model, scale_gains(hyp, nl=3, nc=2, imgsz=SIZE))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(150):

@@ -28,6 +28,8 @@ DEMO_HYP = {
     # the per-bin angle loss the demo's README figures were measured with (the default is now softmax's)
     "theta_loss": "bce",
     "theta": 1.0,
+    # YOLOv5's assignment, which the demo's README figures were measured with (the default is now unique)
+    "assign": "shared",
 }
 DEMO = dict(
     model="yolov5n-obb.yaml",
