@@ -5,8 +5,9 @@
 - targets ``[n, 7] = [img_idx, cls, cx, cy, w, h, theta]`` in pixels of the network input, ``w >= h``;
 - :meth:`OBBLoss.build_targets` assigns each target to every anchor whose (long, short) ratio is
   within ``anchor_t`` (``max(r, 1/r) < 4``) and to its own grid cell plus the two nearest neighbour
-  cells (offset 0.5), exactly as YOLOv5 does with horizontal (w, h); it is a separate method so the
-  distillation code can reuse the assignment;
+  cells (offset 0.5), exactly as YOLOv5 does with horizontal (w, h), then (``assign: unique``, the
+  default) keeps one target per predictor (:func:`one_target_per_cell`); it is a separate method so the
+  distillation code can reuse the assignment (its mimic mask marks the same cells either way);
 - box: ``1 - CIoU`` of (cx, cy, long, short) treated as axis-aligned boxes (the paper's default), the
   same CIoU with the centre offset read in the target box's frame (``rciou``), or a rotation-aware
   ``1 - ProbIoU`` / KLD loss on the rotated box (``hyp['box_loss']``) whose predicted angle enters
