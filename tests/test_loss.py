@@ -254,6 +254,19 @@ def test_build_targets_neighbours_share_a_cell_only_when_shared(assign):
         assert sorted(tcls[0][k].item() for k, _ in at) == [0, 1]
 
 
+def test_mixed_takes_box_and_objectness_from_unique_and_class_and_angle_from_shared():
+    """``assign: mixed``: the box and objectness terms are unique's to the last digit, the class and angle
+    terms shared's; the two cars share a cell and differ in class and angle, so unique and shared differ
+    in every term and a swap of the two sets fails."""
+    t = torch.tensor([[0, 0, 18.0, 14.0, 16.0, 8.0, 0.0], [0, 1, 26.0, 14.0, 16.0, 8.0, BIN17]])
+    g = torch.Generator().manual_seed(0)
+    preds = [torch.randn(p.shape, generator=g) for p in empty_preds()]
+    items = {a: OBBLoss(Head(), {"assign": a})(preds, t)[1] for a in ("shared", "unique", "mixed")}
+    assert (items["shared"] != items["unique"]).all()
+    assert torch.equal(items["mixed"][:2], items["unique"][:2])
+    assert torch.equal(items["mixed"][2:], items["shared"][2:])
+
+
 # ---------------------------------------------------------------- the loss
 
 

@@ -36,7 +36,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "obj_target": ("box", "rotated"),
     "theta_iou_form": ("probiou", "expected"),
     "theta_square_grad": ("all", "head"),
-    "assign": ("shared", "unique"),
+    "assign": ("shared", "unique", "mixed"),
 }
 _UNIT = ("in [0, 1]", lambda v: 0 <= v <= 1)
 _NON_NEGATIVE = (">= 0", lambda v: v >= 0)

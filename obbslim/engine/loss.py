@@ -6,8 +6,9 @@
 - :meth:`OBBLoss.build_targets` assigns each target to every anchor whose (long, short) ratio is
   within ``anchor_t`` (``max(r, 1/r) < 4``) and to its own grid cell plus the two nearest neighbour
   cells (offset 0.5), exactly as YOLOv5 does with horizontal (w, h), then (``assign: unique``, the
-  default) keeps one target per predictor (:func:`one_target_per_cell`); it is a separate method so the
-  distillation code can reuse the assignment (its mimic mask marks the same cells either way);
+  default) keeps one target per predictor (:func:`one_target_per_cell`), or (``mixed``) keeps one for the
+  box and objectness and every one for the class and angle; it is a separate method so the distillation
+  code can reuse the assignment (its mimic mask marks the same cells either way);
 - box: ``1 - CIoU`` of (cx, cy, long, short) treated as axis-aligned boxes (the paper's default), the
   same CIoU with the centre offset read in the target box's frame (``rciou``), or a rotation-aware
   ``1 - ProbIoU`` / KLD loss on the rotated box (``hyp['box_loss']``) whose predicted angle enters
@@ -293,7 +294,8 @@ class OBBLoss:
     not by the batch size). ``hyp`` keys (defaults in ``cfg/hyp.default.yaml``): gains ``box obj cls theta``,
     ``cls_pw obj_pw theta_pw`` (BCE positive weights), ``anchor_t``, ``label_smoothing``,
     ``csl_radius``, ``csl_window``, ``box_loss`` in ``ciou | probiou | kld`` and ``assign`` in
-    ``shared | unique`` (:func:`one_target_per_cell`).
+    ``shared | unique | mixed`` (:func:`one_target_per_cell`; ``mixed``: unique for the box and objectness,
+    shared for the class and angle).
     """
 
     def __init__(self, model: nn.Module, hyp: dict | None = None):
@@ -319,15 +321,20 @@ class OBBLoss:
     def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         device = preds[0].device
         h = self.hyp
-        bce_cls, bce_obj, bce_theta = (self._bce(h[k], device) for k in ("cls_pw", "obj_pw", "theta_pw"))
-        lbox, lobj, lcls, ltheta, lrot, lsize, lsq = (torch.zeros((), device=device) for _ in range(7))
-        tcls, tbox, indices, anch, ttheta = self.build_targets(preds, targets)
+        bce_obj = self._bce(h["obj_pw"], device)
+        lbox, lobj, lsize = (torch.zeros((), device=device) for _ in range(3))
+        terms = torch.zeros(4, device=device)  # class, angle (CSL), angle overlap, near-square angle
+        assign = h["assign"]
+        tcls, tbox, indices, anch, ttheta = self.build_targets(
+            preds, targets, "unique" if assign == "mixed" else assign
+        )
+        # mixed: the box and objectness from the nearest target only, class and angle from every target
+        every = self.build_targets(preds, targets, "shared") if assign == "mixed" else None
         c0 = 5 + self.nc  # first theta channel
         for i, pi in enumerate(preds):
             b, a, gj, gi = indices[i]
             tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=device)
-            n = b.shape[0]
-            if n:
+            if b.shape[0]:
                 ps = pi[b, a, gj, gi].float()  # the box maths in float32 also under autocast
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5
                 pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anch[i]
@@ -338,33 +345,50 @@ class OBBLoss:
                     lsize = lsize + size_loss(pwh, tbox[i][:, 2:4]).mean()
                 score = self._obj_score(iou, pbox, ps[:, c0:], tbox[i], ttheta[i]).to(tobj.dtype)
                 tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * score
-                if self.nc > 1:
-                    t = torch.full_like(ps[:, 5:c0], self.cn)
-                    t[torch.arange(n, device=device), tcls[i]] = self.cp
-                    lcls = lcls + bce_cls(ps[:, 5:c0], t)
-                tt = self.theta_target(ttheta[i], tbox[i]).to(ps.dtype)
-                if h["theta_iou"]:
-                    rot = expected_turn_loss if h["theta_iou_form"] == "expected" else self._rotation_loss
-                    lrot = lrot + rot(ps[:, c0:], tbox[i], ttheta[i]).mean()
-                if h["theta_square"]:  # the mean over the near-square boxes, undiluted (0 when none)
-                    w = squareness(tbox[i])
-                    # only the gradient differs: a loss without one (validation, another model's
-                    # logits) reads the logits it is given
-                    head = h["theta_square_grad"] == "head" and torch.is_grad_enabled() and pi.requires_grad
-                    logits = self._head_theta(i, indices[i]) if head else ps[:, c0:]
-                    sq = expected_turn_loss(logits, tbox[i], ttheta[i]) * w
-                    lsq = lsq + sq.sum() / w.sum().clamp(min=1e-9)
-                if h["theta_loss"] == "ce":  # softmax cross-entropy against the normalised window
-                    q = tt / tt.sum(1, keepdim=True)
-                    ltheta = ltheta - (q * ps[:, c0:].log_softmax(1)).sum(1).mean()
-                else:
-                    ltheta = ltheta + bce_theta(ps[:, c0:], tt)
+                if every is None:
+                    terms = terms + self._class_angle_terms(i, ps, indices[i], tcls[i], tbox[i], ttheta[i])
+            if every is not None and every[2][i][0].shape[0]:
+                index = every[2][i]
+                ps = pi[index].float()
+                terms = terms + self._class_angle_terms(i, ps, index, every[0][i], every[1][i], every[4][i])
             lobj = lobj + bce_obj(pi[..., 4], tobj) * self.balance[i]
+        lcls, ltheta, lrot, lsq = terms
         lbox, lobj, lcls, ltheta = lbox * h["box"], lobj * h["obj"], lcls * h["cls"], ltheta * h["theta"]
         ltheta = ltheta + lrot * h["theta_iou"] + lsq * h["theta_square"]
         lbox = lbox + lsize * h["box_size"]
         bs = preds[0].shape[0]
         return (lbox + lobj + lcls + ltheta) * bs, torch.stack((lbox, lobj, lcls, ltheta)).detach()
+
+    def _class_angle_terms(
+        self, i: int, ps: torch.Tensor, index: tuple[torch.Tensor, ...], tcls: torch.Tensor,
+        tbox: torch.Tensor, ttheta: torch.Tensor,
+    ) -> torch.Tensor:
+        """``[4]`` = the class BCE, the CSL angle loss, the angle's overlap term and the near-square term of
+        the predictions ``ps`` (level ``i``, cells ``index``), each a mean over them and not yet gained."""
+        h, device, c0 = self.hyp, ps.device, 5 + self.nc
+        lcls, lrot, lsq = (torch.zeros((), device=device) for _ in range(3))
+        if self.nc > 1:
+            t = torch.full_like(ps[:, 5:c0], self.cn)
+            t[torch.arange(ps.shape[0], device=device), tcls] = self.cp
+            lcls = self._bce(h["cls_pw"], device)(ps[:, 5:c0], t)
+        tt = self.theta_target(ttheta, tbox).to(ps.dtype)
+        if h["theta_iou"]:
+            rot = expected_turn_loss if h["theta_iou_form"] == "expected" else self._rotation_loss
+            lrot = rot(ps[:, c0:], tbox, ttheta).mean()
+        if h["theta_square"]:  # the mean over the near-square boxes, undiluted (0 when none)
+            w = squareness(tbox)
+            # only the gradient differs: a loss without one (validation, another model's logits) reads
+            # the logits it is given
+            head = h["theta_square_grad"] == "head" and torch.is_grad_enabled() and ps.requires_grad
+            logits = self._head_theta(i, index) if head else ps[:, c0:]
+            sq = expected_turn_loss(logits, tbox, ttheta) * w
+            lsq = sq.sum() / w.sum().clamp(min=1e-9)
+        if h["theta_loss"] == "ce":  # softmax cross-entropy against the normalised window
+            q = tt / tt.sum(1, keepdim=True)
+            ltheta = -(q * ps[:, c0:].log_softmax(1)).sum(1).mean()
+        else:
+            ltheta = self._bce(h["theta_pw"], device)(ps[:, c0:], tt)
+        return torch.stack((lcls, ltheta, lrot, lsq))
 
     def _head_theta(self, i: int, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The angle logits ``[n, nbins]`` at the assigned cells of level ``i``, recomputed by the head's last
@@ -445,7 +469,7 @@ class OBBLoss:
         return _kld(gp, gt)[1]
 
     @torch.no_grad()
-    def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor):
+    def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor, assign: str | None = None):
         """YOLOv5 assignment of targets ``[n, 7]`` (pixels) to anchors and cells of each level.
 
         Returns per level lists: ``tcls`` [m] int64, ``tbox`` [m, 4] (xy offset from the cell's
@@ -485,7 +509,7 @@ class OBBLoss:
             gxy, gwh, a = t[:, 2:4], t[:, 4:6], t[:, 7].long()
             gij = (gxy - offsets).long()
             gi, gj = gij[:, 0].clamp(0, nx - 1), gij[:, 1].clamp(0, ny - 1)
-            if self.hyp["assign"] == "unique":
+            if (assign or self.hyp["assign"]) == "unique":
                 cell = ((b * na + a) * ny + gj) * nx + gi
                 keep = one_target_per_cell(cell, gxy - torch.stack((gi, gj), 1))
                 b, c, a, gi, gj, gxy, gwh, t = (x[keep] for x in (b, c, a, gi, gj, gxy, gwh, t))
