@@ -474,7 +474,8 @@ class OBBLoss:
 
         Returns per level lists: ``tcls`` [m] int64, ``tbox`` [m, 4] (xy offset from the cell's
         corner in (-0.5, 1.5), long/short in grid units), ``indices`` (image, anchor, gy, gx) int64,
-        ``anch`` [m, 2] anchors in grid units, and ``ttheta`` [m] target angles (radians).
+        ``anch`` [m, 2] anchors in grid units, and ``ttheta`` [m] target angles (radians). ``assign``
+        (default ``hyp['assign']``) is ``unique`` to keep one target per predictor; any other value keeps all.
         """
         device = preds[0].device
         targets = targets.to(device=device, dtype=torch.float32)
