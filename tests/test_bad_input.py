@@ -203,7 +203,7 @@ HYP_CASES = [
     ("nbs: 6.5\n", "h.yaml:1: nbs: expected a whole number, got 6.5"),
     ("fliplr: true\n", "h.yaml:1: fliplr: expected a number, got True"),
     ("optimizer: 3\n", "h.yaml:1: optimizer: expected text, got 3"),
-    ("assign: one\n", "h.yaml:1: assign: expected one of shared, unique, got 'one'"),
+    ("assign: one\n", "h.yaml:1: assign: expected one of shared, unique, mixed, got 'one'"),
 ]
 
 
