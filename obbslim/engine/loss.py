@@ -330,6 +330,7 @@ class OBBLoss:
         )
         # mixed: the box and objectness from the nearest target only, class and angle from every target
         every = self.build_targets(preds, targets, "shared") if assign == "mixed" else None
+        acls, abox, aindices, _, atheta = every or (tcls, tbox, indices, anch, ttheta)
         c0 = 5 + self.nc  # first theta channel
         for i, pi in enumerate(preds):
             b, a, gj, gi = indices[i]
@@ -345,12 +346,9 @@ class OBBLoss:
                     lsize = lsize + size_loss(pwh, tbox[i][:, 2:4]).mean()
                 score = self._obj_score(iou, pbox, ps[:, c0:], tbox[i], ttheta[i]).to(tobj.dtype)
                 tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * score
-                if every is None:
-                    terms = terms + self._class_angle_terms(i, ps, indices[i], tcls[i], tbox[i], ttheta[i])
-            if every is not None and every[2][i][0].shape[0]:
-                index = every[2][i]
-                ps = pi[index].float()
-                terms = terms + self._class_angle_terms(i, ps, index, every[0][i], every[1][i], every[4][i])
+            if aindices[i][0].shape[0]:
+                ps = pi[aindices[i]].float() if every else ps  # the rows gathered above unless mixed
+                terms = terms + self._class_angle_terms(i, ps, aindices[i], acls[i], abox[i], atheta[i])
             lobj = lobj + bce_obj(pi[..., 4], tobj) * self.balance[i]
         lcls, ltheta, lrot, lsq = terms
         lbox, lobj, lcls, ltheta = lbox * h["box"], lobj * h["obj"], lcls * h["cls"], ltheta * h["theta"]
